@@ -1,0 +1,18 @@
+"""evitsam: fast promptable segmentation with EfficientViT-SAM."""
+
+from .models import EfficientViTSam
+from .predictor import SamPredictor
+from .variants import VARIANTS, build_model, get_variant
+from .weights import CheckpointError, convert_checkpoint, load_model
+
+__all__ = [
+    "VARIANTS",
+    "CheckpointError",
+    "EfficientViTSam",
+    "SamPredictor",
+    "build_model",
+    "convert_checkpoint",
+    "get_variant",
+    "load_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""EfficientViTSam: EfficientViT image encoder + SAM prompt encoder + SAM mask decoder.
+
+Two coordinate frames: the encoder sees the image resized so its long side is
+``encoder_size`` (512 for L models, 1024 for XL), while prompts, the dense positional
+encoding and mask post-processing always live in SAM's 1024 "prompt frame".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import BackboneConfig, EfficientViTLargeBackbone
+from .blocks import LayerNorm2d
+from .mask_decoder import MaskDecoder
+from .neck import EMBED_DIM, EMBED_SIZE, SamNeck
+from .prompt_encoder import PromptEncoder
+from .transformer import TwoWayTransformer
+
+PROMPT_FRAME = 1024
+LOW_RES_MASK_SIZE = 4 * EMBED_SIZE
+# ImageNet statistics on the 0-255 scale (identical to SAM's pixel_mean / pixel_std).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Everything that distinguishes one EfficientViT-SAM variant from another."""
+
+    backbone: BackboneConfig
+    neck_in_stages: tuple[int, ...]
+    neck_depth: int
+    neck_expand: float
+    encoder_size: int
+
+
+class EfficientViTSamImageEncoder(nn.Module):
+    def __init__(self, config: SamConfig) -> None:
+        super().__init__()
+        self.backbone = EfficientViTLargeBackbone(config.backbone)
+        in_keys = tuple(f"stage{s}" for s in config.neck_in_stages)
+        in_channels = tuple(config.backbone.widths[s] for s in config.neck_in_stages)
+        self.neck = SamNeck(in_keys, in_channels, config.neck_depth, config.neck_expand)
+        self.norm = LayerNorm2d(EMBED_DIM)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised, padded images -> (B, 256, 64, 64) embeddings (fp32)."""
+        embedding = self.neck(self.backbone(images))
+        with torch.autocast(embedding.device.type, enabled=False):
+            return self.norm(embedding.float())
+
+
+class EfficientViTSam(nn.Module):
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(self, config: SamConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = (PROMPT_FRAME, config.encoder_size)
+        self.image_encoder = EfficientViTSamImageEncoder(config)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=EMBED_DIM,
+            image_embedding_size=(EMBED_SIZE, EMBED_SIZE),
+            input_image_size=(PROMPT_FRAME, PROMPT_FRAME),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            transformer_dim=EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, num_heads=8, mlp_dim=2048),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def encoder_size(self) -> int:
+        return self.config.encoder_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise (B, 3, h, w) 0-255 images already resized to long side S, zero-pad bottom/right to S."""
+        images = (images - self.pixel_mean) / self.pixel_std
+        h, w = images.shape[-2:]
+        size = self.encoder_size
+        return F.pad(images, (0, size - w, 0, size - h))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pre-processed (B, 3, S, S) images -> image embeddings (B, 256, 64, 64)."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the 1024 frame -> low-res logits (B, C, 256, 256) and IoU predictions (B, C).
+
+        ``image_embeddings`` is (1, 256, 64, 64) (shared by every prompt) or one per prompt.
+        """
+        points = (point_coords, point_labels) if point_coords is not None else None
+        # The decoder is cheap next to the encoder; running it in fp32 keeps masks stable under autocast.
+        with torch.autocast(image_embeddings.device.type, enabled=False):
+            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            return self.mask_decoder(
+                image_embeddings.float(), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            )
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res logits -> 1024 frame -> crop the image's ``input_size`` -> ``original_size``."""
+        masks = F.interpolate(masks, (PROMPT_FRAME, PROMPT_FRAME), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)

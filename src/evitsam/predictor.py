@@ -1,0 +1,220 @@
+"""SamPredictor: the interactive API of ``segment_anything.SamPredictor`` for EfficientViT-SAM.
+
+Compute the image embedding once with ``set_image``, then ask for masks from any number of
+prompts. Names, shapes and semantics match segment-anything, so SAM code works by changing the
+import. Prompts are validated up front: a wrong shape or a NaN fails with a ``ValueError`` that
+names the argument, instead of an obscure error deep inside the decoder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models import EfficientViTSam
+from .models.sam import LOW_RES_MASK_SIZE
+from .transforms import PROMPT_FRAME, SamTransform, as_rgb_uint8, get_preprocess_shape
+
+VALID_LABELS = (-1, 0, 1, 2, 3)
+
+
+class ImageNotSetError(RuntimeError, ValueError):
+    """Prediction was asked for before ``set_image`` (a RuntimeError in SAM, a ValueError here)."""
+
+
+def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, form: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor shaped {form}, got {type(value).__name__}")
+    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
+        raise ValueError(f"{name} must be shaped {form}, got {tuple(value.shape)}")
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
+
+
+def validate_prompts(
+    point_coords: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+) -> None:
+    """Check batched prompts (B, N, 2) / (B, N) / (B, 4) / (B, 1, 256, 256) for shape and sanity."""
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    batch_sizes = {}
+    if point_coords is not None:
+        _check_tensor("point_coords", point_coords, 3, 2, "(B, N, 2)")
+        _check_tensor("point_labels", point_labels, 2, None, "(B, N)")
+        if point_labels.shape != point_coords.shape[:2]:
+            raise ValueError(
+                f"point_labels must be shaped (B, N) = {tuple(point_coords.shape[:2])} to match point_coords, "
+                f"got {tuple(point_labels.shape)}"
+            )
+        invalid = ~torch.isin(point_labels.to(torch.long), torch.tensor(VALID_LABELS, device=point_labels.device))
+        if point_labels.is_floating_point():
+            invalid |= point_labels != point_labels.round()
+        if invalid.any():
+            bad = point_labels[invalid][0].item()
+            raise ValueError(f"point_labels must be in {{-1, 0, 1, 2, 3}} (1 foreground, 0 background), got {bad}")
+        batch_sizes["point_coords"] = point_coords.shape[0]
+    if boxes is not None:
+        _check_tensor("boxes", boxes, 2, 4, "(B, 4) as x0, y0, x1, y1")
+        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if degenerate.any():
+            bad = boxes[degenerate][0].tolist()
+            raise ValueError(f"boxes must satisfy x0 < x1 and y0 < y1 (XYXY), got degenerate box {bad}")
+        batch_sizes["boxes"] = boxes.shape[0]
+    if mask_input is not None:
+        form = f"(B, 1, {LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE}) low-res logits"
+        _check_tensor("mask_input", mask_input, 4, None, form)
+        if tuple(mask_input.shape[1:]) != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+            raise ValueError(f"mask_input must be shaped {form}, got {tuple(mask_input.shape)}")
+        batch_sizes["mask_input"] = mask_input.shape[0]
+    if len(set(batch_sizes.values())) > 1:
+        raise ValueError(f"prompt batch sizes disagree: {batch_sizes}")
+
+
+def _as_array(name: str, value, form: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a numeric array shaped {form}: {error}") from None
+
+
+class SamPredictor:
+    """Drop-in for ``segment_anything.SamPredictor`` on an :class:`EfficientViTSam` model."""
+
+    def __init__(self, sam_model: EfficientViTSam) -> None:
+        if not isinstance(sam_model, EfficientViTSam):
+            raise ValueError(f"sam_model must be an EfficientViTSam, got {type(sam_model).__name__}")
+        self.model = sam_model
+        self.transform = SamTransform(sam_model.encoder_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
+        """Embed an HxWx3 uint8 image (PIL, grayscale and RGBA accepted; see ``as_rgb_uint8``)."""
+        image = as_rgb_uint8(image, image_format)
+        resized = self.transform.apply_image(image)
+        tensor = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
+        """Embed a (1, 3, h, w) 0-255 image already resized by ``predictor.transform.apply_image``."""
+        size = self.model.encoder_size
+        if not isinstance(transformed_image, torch.Tensor) or transformed_image.ndim != 4 or (
+            transformed_image.shape[:2] != (1, 3) or max(transformed_image.shape[2:]) != size
+        ):
+            shape = tuple(transformed_image.shape) if isinstance(transformed_image, torch.Tensor) else None
+            raise ValueError(f"transformed_image must be a (1, 3, h, w) tensor with max(h, w) = {size}, got {shape}")
+        if len(original_image_size) != 2 or min(original_image_size) <= 0:
+            raise ValueError(f"original_image_size must be (height, width), got {original_image_size}")
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = get_preprocess_shape(*self.original_size, PROMPT_FRAME)
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        input_image = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        self.features = self.model.encode(input_image)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The (1, 256, 64, 64) embedding of the current image."""
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ImageNotSetError("no image is set: call set_image(image) before predicting")
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object from prompts in original-image pixels.
+
+        ``point_coords`` (N, 2) as (x, y), ``point_labels`` (N,) with 1 foreground / 0 background,
+        ``box`` (4,) XYXY, ``mask_input`` (1, 256, 256) low-res logits from an earlier call.
+        Returns masks (C, H, W), scores (C,) and low-res logits (C, 256, 256), C = 3 or 1.
+        """
+        self._require_image()
+        coords = labels = boxes = masks = None
+        if point_coords is not None:
+            coords = _as_array("point_coords", point_coords, "(N, 2)")
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise ValueError(f"point_coords must be shaped (N, 2) as (x, y) pixels, got {coords.shape}")
+            coords = torch.as_tensor(self.transform.apply_coords(coords, self.original_size), dtype=torch.float)[None]
+        if point_labels is not None:
+            labels = _as_array("point_labels", point_labels, "(N,)")
+            if labels.ndim != 1:
+                raise ValueError(f"point_labels must be shaped (N,), got {labels.shape}")
+            labels = torch.as_tensor(labels, dtype=torch.float)[None]
+        if box is not None:
+            box_array = _as_array("box", box, "(4,)")
+            if box_array.shape not in ((4,), (1, 4)):
+                raise ValueError(f"box must be shaped (4,) as x0, y0, x1, y1, got {box_array.shape}")
+            boxes = torch.as_tensor(self.transform.apply_boxes(box_array.reshape(1, 4), self.original_size))
+            boxes = boxes.to(torch.float)
+            if not torch.isfinite(boxes).all():
+                raise ValueError("box must contain only finite values (no NaN or inf)")
+            if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+                raise ValueError(f"box must satisfy x0 < x1 and y0 < y1 (XYXY), got {box_array.reshape(4).tolist()}")
+        if mask_input is not None:
+            mask_array = _as_array("mask_input", mask_input, "(1, 256, 256)")
+            if mask_array.shape == (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+                mask_array = mask_array[None]
+            if mask_array.shape != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+                raise ValueError(f"mask_input must be shaped (1, 256, 256) low-res logits, got {mask_array.shape}")
+            masks = torch.as_tensor(mask_array, dtype=torch.float)[None]
+        if coords is not None and labels is not None and labels.shape[1] != coords.shape[1]:
+            raise ValueError(
+                f"point_labels must have one label per point: {coords.shape[1]} points, {labels.shape[1]} labels"
+            )
+        to_device = (lambda t: None if t is None else t.to(self.device))  # noqa: E731
+        masks_out, scores, low_res = self.predict_torch(
+            to_device(coords), to_device(labels), to_device(boxes), to_device(masks), multimask_output, return_logits
+        )
+        return masks_out[0].cpu().numpy(), scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts already in the 1024 prompt frame (see ``predictor.transform``).
+
+        One call handles B prompts at once, e.g. 100 detector boxes (B, 4) or B point sets
+        (B, N, 2)/(B, N). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        validate_prompts(point_coords, point_labels, boxes, mask_input)
+        low_res, scores = self.model.decode(
+            self.features, point_coords, point_labels, boxes, mask_input, multimask_output
+        )
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res

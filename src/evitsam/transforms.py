@@ -1,0 +1,100 @@
+"""Image resizing and the coordinate bookkeeping between the image, encoder and prompt frames.
+
+Every path (predictor, CLI, "everything", evaluation, export) uses these functions, so there is
+exactly one pre-processing. The reference for numerics is the official EfficientViT-SAM code:
+PIL bilinear resize of the uint8 image, sizes rounded half-up from the original size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROMPT_FRAME = 1024
+
+
+def get_preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Size after scaling so the long side is ``long_side``; each side rounded half-up."""
+    scale = long_side * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def as_rgb_uint8(image: np.ndarray | Image.Image, image_format: str = "RGB") -> np.ndarray:
+    """Validate and convert an input image to an HxWx3 uint8 RGB array.
+
+    Conversion rule: PIL images go through ``Image.convert("RGB")``; numpy grayscale (HxW or
+    HxWx1) is replicated to three channels; RGBA (HxWx4) drops the alpha channel (colours are
+    kept as they are, as PIL does). ``image_format="BGR"`` flips 3-channel input to RGB.
+    """
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    if isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise ValueError(f"image must be an HxWxC uint8 numpy array or a PIL image, got {type(image).__name__}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image must have dtype uint8 (0-255), got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {tuple(image.shape)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image must not be empty, got shape {tuple(array.shape)}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    if image_format == "BGR" and not isinstance(image, Image.Image):
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(array)
+
+
+class SamTransform:
+    """SAM's ``ResizeLongestSide`` interface for the two-frame EfficientViT-SAM models.
+
+    ``apply_image`` resizes for the encoder (long side ``encoder_size``); coordinates and boxes
+    are mapped into the prompt frame (long side 1024), which is what the decoder expects.
+    """
+
+    def __init__(self, encoder_size: int, prompt_frame: int = PROMPT_FRAME) -> None:
+        self.encoder_size = encoder_size
+        self.target_length = prompt_frame
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> uint8 image with long side ``encoder_size`` (PIL bilinear, antialiased)."""
+        height, width = image.shape[:2]
+        if max(height, width) == self.encoder_size:
+            return image
+        new_h, new_w = get_preprocess_shape(height, width, self.encoder_size)
+        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+    def _scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
+        old_h, old_w = original_size
+        new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
+        return new_w / old_w, new_h / old_h
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """(..., 2) pixel (x, y) in the original image -> prompt frame, as float64."""
+        sx, sy = self._scale(original_size)
+        coords = np.array(coords, dtype=np.float64, copy=True)
+        coords[..., 0] *= sx
+        coords[..., 1] *= sy
+        return coords
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """(..., 4) XYXY boxes -> prompt frame."""
+        boxes = np.asarray(boxes)
+        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(*boxes.shape[:-1], 4)
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        sx, sy = self._scale(original_size)
+        coords = coords.detach().clone().to(torch.float)
+        coords[..., 0] *= sx
+        coords[..., 1] *= sy
+        return coords
+
+    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(*boxes.shape[:-1], 4)

@@ -1,0 +1,65 @@
+"""The one table of EfficientViT-SAM variants: name -> architecture, encoder size, weights file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import BackboneConfig, EfficientViTSam, SamConfig
+
+HF_REPO = "mit-han-lab/efficientvit-sam"
+
+_L_WIDTHS = (32, 64, 128, 256, 512)
+_L_TYPES = ("res", "fmb", "fmb", "mb", "att@5")
+_L_EXPANDS = (1, 4, 4, 4, 6)
+_XL_WIDTHS = (32, 64, 128, 256, 512, 1024)
+_XL_TYPES = ("res", "fmb", "fmb", "fmb", "att@3", "att@3")
+_XL_EXPANDS = (1, 4, 4, 4, 4, 6)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: SamConfig
+    num_params: int | None = None  # exact count of the official model, checked by the tests
+    weights_file: str | None = None  # file name in the Hugging Face repo
+    sha256: str | None = None
+
+    @property
+    def official_name(self) -> str:
+        return f"efficientvit-sam-{self.name}"
+
+
+def _l(depths: tuple[int, ...], neck_depth: int) -> SamConfig:
+    return SamConfig(BackboneConfig(_L_WIDTHS, depths, _L_TYPES, _L_EXPANDS), (4, 3, 2), neck_depth, 1, 512)
+
+
+def _xl(depths: tuple[int, ...], neck_depth: int) -> SamConfig:
+    return SamConfig(BackboneConfig(_XL_WIDTHS, depths, _XL_TYPES, _XL_EXPANDS), (5, 4, 3), neck_depth, 4, 1024)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("l0", _l((1, 1, 1, 4, 4), 4), 34_792_784, "efficientvit_sam_l0.pt"),
+        Variant("l1", _l((1, 1, 1, 6, 6), 8), 47_650_128, "efficientvit_sam_l1.pt"),
+        Variant("l2", _l((1, 2, 2, 8, 8), 12), 61_328_592, "efficientvit_sam_l2.pt"),
+        Variant("xl0", _xl((0, 1, 1, 2, 3, 3), 6), 116_957_904, "efficientvit_sam_xl0.pt"),
+        Variant("xl1", _xl((1, 2, 2, 4, 6, 6), 12), 203_346_128, "efficientvit_sam_xl1.pt"),
+    ]
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look a variant up by ``l0`` or ``efficientvit-sam-l0`` style names (case-insensitive)."""
+    if not isinstance(name, str):
+        raise ValueError(f"variant must be a string such as 'l0', got {type(name).__name__}")
+    key = name.strip().lower().replace("_", "-")
+    key = key.removeprefix("efficientvit-sam-")
+    if key not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[key]
+
+
+def build_model(name: str) -> EfficientViTSam:
+    """A randomly initialised model of the named variant, in eval mode."""
+    return EfficientViTSam(get_variant(name).config).eval()

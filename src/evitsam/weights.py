@@ -1,0 +1,235 @@
+"""Checkpoints: read official ``.pt`` and ``.safetensors`` files, infer their variant, download, convert.
+
+Loading is strict (every key, every shape) and safe (``weights_only=True``). A file that does not
+fit gets a message saying what it looks like, never a wall of missing keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .models import EfficientViTSam
+from .variants import HF_REPO, VARIANTS, Variant, get_variant
+
+CACHE_ENV = "EVITSAM_HOME"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+_WRAPPER_KEYS = ("state_dict", "model")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable EfficientViT-SAM checkpoint (corrupt, truncated, wrong variant)."""
+
+
+def cache_dir() -> Path:
+    """Where named weights live: ``$EVITSAM_HOME`` or ``~/.cache/evitsam``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "evitsam").expanduser()
+
+
+def weights_url(variant: Variant) -> str:
+    return f"https://huggingface.co/{HF_REPO}/resolve/main/{variant.weights_file}"
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint; ``{"state_dict": ...}`` wrappers and DDP prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    metadata: dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                obj = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (zipfile.BadZipFile, EOFError) as error:
+            raise CheckpointError(f"{path} is truncated or corrupt: {error}") from None
+        except pickle.UnpicklingError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint that loads safely (weights_only): {first_line}"
+            ) from None
+        except RuntimeError as error:
+            raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(f"{path} does not contain a state dict of tensors (got {type(obj).__name__})")
+    if all(key.startswith("module.") for key in obj):
+        obj = {key.removeprefix("module."): value for key, value in obj.items()}
+    return obj, metadata
+
+
+@functools.cache
+def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a variant's state dict, computed on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = EfficientViTSam(get_variant(name).config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _signature(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def _match_score(state_dict: dict[str, torch.Tensor], name: str) -> tuple[int, int]:
+    """(tensors matching in key and shape, tensors expected) for a variant."""
+    expected = _signature(expected_shapes(name))  # type: ignore[arg-type]
+    got = _signature(state_dict)
+    return sum(got.get(k) == shape for k, shape in expected.items()), len(expected)
+
+
+def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The variant whose keys and shapes the state dict matches exactly, else None."""
+    got = _signature(state_dict)
+    for name in VARIANTS:
+        if _signature(expected_shapes(name)) == got:  # type: ignore[arg-type]
+            return name
+    return None
+
+
+def _describe(state_dict: dict[str, torch.Tensor]) -> str:
+    name = infer_variant(state_dict)
+    if name is not None:
+        return f"it is a '{name}' checkpoint"
+    best = max(VARIANTS, key=lambda n: _match_score(state_dict, n)[0] / _match_score(state_dict, n)[1])
+    hits, total = _match_score(state_dict, best)
+    return (
+        f"it matches no known variant (closest: '{best}', {hits} of {total} tensors match; "
+        f"the file has {len(state_dict)} tensors) - truncated, or not an EfficientViT-SAM checkpoint"
+    )
+
+
+def load_weights(model: EfficientViTSam, state_dict: dict[str, torch.Tensor], variant: str, source: str) -> None:
+    """Strictly load ``state_dict`` into ``model`` of ``variant``, explaining any mismatch."""
+    if _signature(state_dict) != _signature(expected_shapes(get_variant(variant).name)):  # type: ignore[arg-type]
+        raise CheckpointError(f"{source} does not fit variant '{variant}': {_describe(state_dict)}")
+    model.load_state_dict(_with_bn_counters(state_dict, variant), strict=True)
+
+
+def _with_bn_counters(state_dict: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
+    """Add the ``num_batches_tracked`` buffers some exports drop (they do not affect inference)."""
+    full = dict(state_dict)
+    for key in expected_shapes(get_variant(variant).name):
+        if key.endswith("num_batches_tracked") and key not in full:
+            full[key] = torch.zeros((), dtype=torch.long)
+    return full
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, variant: str) -> None:
+    """Write weights as safetensors with ``variant`` metadata, atomically (no half-written file)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {"format": "pt", "evitsam_variant": get_variant(variant).name}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, variant: str | None = None) -> str:
+    """Official ``.pt`` -> ``.safetensors`` with variant metadata; returns the variant name."""
+    state_dict, metadata = read_state_dict(source)
+    name = _resolve_variant(state_dict, metadata, variant, str(source))
+    save_safetensors(_with_bn_counters(state_dict, name), target, name)
+    return name
+
+
+def _resolve_variant(state_dict, metadata: dict[str, str], variant: str | None, source: str) -> str:
+    if variant is not None:
+        name = get_variant(variant).name
+        if _signature(state_dict) != _signature(expected_shapes(name)):  # type: ignore[arg-type]
+            raise CheckpointError(f"{source} does not fit variant '{name}': {_describe(state_dict)}")
+        return name
+    if "evitsam_variant" in metadata:
+        return get_variant(metadata["evitsam_variant"]).name
+    name = infer_variant(state_dict)
+    if name is None:
+        raise CheckpointError(f"cannot load {source}: {_describe(state_dict)}")
+    return name
+
+
+def download_weights(variant: Variant) -> Path:
+    """Path of a variant's official weights in the cache, downloading them when online."""
+    target = cache_dir() / variant.weights_file
+    if target.is_file():
+        return target
+    hint = (
+        f"official weights for '{variant.name}' are not in the cache: expected {target}. "
+        f"Download {weights_url(variant)} and put the file there (or set ${CACHE_ENV}), "
+        "or pass the checkpoint's path"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise FileNotFoundError(hint + " (offline: HF_HUB_OFFLINE is set)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        downloaded = hf_hub_download(HF_REPO, variant.weights_file, local_dir=cache_dir())
+    except Exception as error:  # network, auth, missing file: all mean "not available here"
+        raise FileNotFoundError(f"{hint} (download failed: {type(error).__name__})") from None
+    return Path(downloaded)
+
+
+def is_checkpoint_path(name_or_path: str | os.PathLike) -> bool:
+    text = str(name_or_path)
+    return Path(text).exists() or text.endswith(CHECKPOINT_SUFFIXES) or os.sep in text
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None, variant: str | None = None, device: str | torch.device = "cpu"
+) -> EfficientViTSam:
+    """A ready-to-use model (eval mode) from a variant name or a checkpoint path.
+
+    Names (``l0`` ... ``xl1``, or ``efficientvit-sam-l0``) resolve to the official weights in
+    :func:`cache_dir`, downloaded from Hugging Face when missing and online. Paths may be official
+    ``.pt`` files (bare or ``{"state_dict": ...}``) or ``.safetensors``; the variant is inferred
+    from the tensors unless given.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}: {error}") from None
+    if name_or_path is None:
+        raise ValueError(
+            "no default model is bundled yet: pass a variant name (one of "
+            f"{', '.join(VARIANTS)}) or a checkpoint path"
+        )
+    if is_checkpoint_path(name_or_path):
+        path = Path(name_or_path)
+    else:
+        named = get_variant(str(name_or_path))
+        if variant is not None and get_variant(variant).name != named.name:
+            raise ValueError(f"variant {variant!r} contradicts the model name {str(name_or_path)!r}")
+        path = download_weights(named)
+        variant = named.name
+    state_dict, metadata = read_state_dict(path)
+    name = _resolve_variant(state_dict, metadata, variant, str(path))
+    model = EfficientViTSam(get_variant(name).config)
+    load_weights(model, state_dict, name, str(path))
+    return model.eval().to(device)
