@@ -115,8 +115,10 @@ class SamPredictor:
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
         """Embed a (1, 3, h, w) 0-255 image already resized by ``predictor.transform.apply_image``."""
         size = self.model.encoder_size
-        if not isinstance(transformed_image, torch.Tensor) or transformed_image.ndim != 4 or (
-            transformed_image.shape[:2] != (1, 3) or max(transformed_image.shape[2:]) != size
+        if (
+            not isinstance(transformed_image, torch.Tensor)
+            or transformed_image.ndim != 4
+            or (transformed_image.shape[:2] != (1, 3) or max(transformed_image.shape[2:]) != size)
         ):
             shape = tuple(transformed_image.shape) if isinstance(transformed_image, torch.Tensor) else None
             raise ValueError(f"transformed_image must be a (1, 3, h, w) tensor with max(h, w) = {size}, got {shape}")
@@ -188,7 +190,7 @@ class SamPredictor:
             raise ValueError(
                 f"point_labels must have one label per point: {coords.shape[1]} points, {labels.shape[1]} labels"
             )
-        to_device = (lambda t: None if t is None else t.to(self.device))  # noqa: E731
+        to_device = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         masks_out, scores, low_res = self.predict_torch(
             to_device(coords), to_device(labels), to_device(boxes), to_device(masks), multimask_output, return_logits
         )

@@ -69,7 +69,7 @@ class SamTransform:
         if max(height, width) == self.encoder_size:
             return image
         new_h, new_w = get_preprocess_shape(height, width, self.encoder_size)
-        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
     def _scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
         old_h, old_w = original_size

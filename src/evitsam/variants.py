@@ -18,33 +18,36 @@ _XL_EXPANDS = (1, 4, 4, 4, 4, 6)
 
 @dataclass(frozen=True)
 class Variant:
-    name: str
     config: SamConfig
     num_params: int | None = None  # exact count of the official model, checked by the tests
     weights_file: str | None = None  # file name in the Hugging Face repo
     sha256: str | None = None
 
     @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
     def official_name(self) -> str:
         return f"efficientvit-sam-{self.name}"
 
 
-def _l(depths: tuple[int, ...], neck_depth: int) -> SamConfig:
-    return SamConfig(BackboneConfig(_L_WIDTHS, depths, _L_TYPES, _L_EXPANDS), (4, 3, 2), neck_depth, 1, 512)
+def _l(name: str, depths: tuple[int, ...], neck_depth: int) -> SamConfig:
+    return SamConfig(name, BackboneConfig(_L_WIDTHS, depths, _L_TYPES, _L_EXPANDS), (4, 3, 2), neck_depth, 1, 512)
 
 
-def _xl(depths: tuple[int, ...], neck_depth: int) -> SamConfig:
-    return SamConfig(BackboneConfig(_XL_WIDTHS, depths, _XL_TYPES, _XL_EXPANDS), (5, 4, 3), neck_depth, 4, 1024)
+def _xl(name: str, depths: tuple[int, ...], neck_depth: int) -> SamConfig:
+    return SamConfig(name, BackboneConfig(_XL_WIDTHS, depths, _XL_TYPES, _XL_EXPANDS), (5, 4, 3), neck_depth, 4, 1024)
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("l0", _l((1, 1, 1, 4, 4), 4), 34_792_784, "efficientvit_sam_l0.pt"),
-        Variant("l1", _l((1, 1, 1, 6, 6), 8), 47_650_128, "efficientvit_sam_l1.pt"),
-        Variant("l2", _l((1, 2, 2, 8, 8), 12), 61_328_592, "efficientvit_sam_l2.pt"),
-        Variant("xl0", _xl((0, 1, 1, 2, 3, 3), 6), 116_957_904, "efficientvit_sam_xl0.pt"),
-        Variant("xl1", _xl((1, 2, 2, 4, 6, 6), 12), 203_346_128, "efficientvit_sam_xl1.pt"),
+        Variant(_l("l0", (1, 1, 1, 4, 4), 4), 34_792_784, "efficientvit_sam_l0.pt"),
+        Variant(_l("l1", (1, 1, 1, 6, 6), 8), 47_650_128, "efficientvit_sam_l1.pt"),
+        Variant(_l("l2", (1, 2, 2, 8, 8), 12), 61_328_592, "efficientvit_sam_l2.pt"),
+        Variant(_xl("xl0", (0, 1, 1, 2, 3, 3), 6), 116_957_904, "efficientvit_sam_xl0.pt"),
+        Variant(_xl("xl1", (1, 2, 2, 4, 6, 6), 12), 203_346_128, "efficientvit_sam_xl1.pt"),
     ]
 }
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .files import atomic_write
 from .models import EfficientViTSam
 from .variants import HF_REPO, VARIANTS, Variant, get_variant
 
@@ -50,7 +50,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 metadata = dict(handle.metadata() or {})
                 obj = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+            ) from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,12 +65,16 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             ) from None
         except RuntimeError as error:
             raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # the unpickler fails in many ways on files that are not checkpoints
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         raise CheckpointError(f"{path} does not contain a state dict of tensors (got {type(obj).__name__})")
     if all(key.startswith("module.") for key in obj):
@@ -85,12 +91,17 @@ def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 
 def _signature(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape, ignoring BN batch counters (some exports drop them; inference never reads them)."""
     return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def _expected_signature(name: str) -> dict[str, tuple[int, ...]]:
+    return {k: s for k, s in expected_shapes(name).items() if not k.endswith("num_batches_tracked")}
 
 
 def _match_score(state_dict: dict[str, torch.Tensor], name: str) -> tuple[int, int]:
     """(tensors matching in key and shape, tensors expected) for a variant."""
-    expected = _signature(expected_shapes(name))  # type: ignore[arg-type]
+    expected = _expected_signature(name)
     got = _signature(state_dict)
     return sum(got.get(k) == shape for k, shape in expected.items()), len(expected)
 
@@ -99,7 +110,7 @@ def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
     """The variant whose keys and shapes the state dict matches exactly, else None."""
     got = _signature(state_dict)
     for name in VARIANTS:
-        if _signature(expected_shapes(name)) == got:  # type: ignore[arg-type]
+        if _expected_signature(name) == got:
             return name
     return None
 
@@ -118,7 +129,7 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
 
 def load_weights(model: EfficientViTSam, state_dict: dict[str, torch.Tensor], variant: str, source: str) -> None:
     """Strictly load ``state_dict`` into ``model`` of ``variant``, explaining any mismatch."""
-    if _signature(state_dict) != _signature(expected_shapes(get_variant(variant).name)):  # type: ignore[arg-type]
+    if _signature(state_dict) != _expected_signature(get_variant(variant).name):
         raise CheckpointError(f"{source} does not fit variant '{variant}': {_describe(state_dict)}")
     model.load_state_dict(_with_bn_counters(state_dict, variant), strict=True)
 
@@ -132,29 +143,19 @@ def _with_bn_counters(state_dict: dict[str, torch.Tensor], variant: str) -> dict
     return full
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, variant: str) -> None:
     """Write weights as safetensors with ``variant`` metadata, atomically (no half-written file)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {"format": "pt", "evitsam_variant": get_variant(variant).name}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, variant: str | None = None) -> str:
     """Official ``.pt`` -> ``.safetensors`` with variant metadata; returns the variant name."""
+    if not str(target).endswith(".safetensors"):
+        raise ValueError(f"target must be a .safetensors path, got {str(target)!r}")
     state_dict, metadata = read_state_dict(source)
     name = _resolve_variant(state_dict, metadata, variant, str(source))
     save_safetensors(_with_bn_counters(state_dict, name), target, name)
@@ -164,7 +165,7 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, var
 def _resolve_variant(state_dict, metadata: dict[str, str], variant: str | None, source: str) -> str:
     if variant is not None:
         name = get_variant(variant).name
-        if _signature(state_dict) != _signature(expected_shapes(name)):  # type: ignore[arg-type]
+        if _signature(state_dict) != _expected_signature(name):
             raise CheckpointError(f"{source} does not fit variant '{name}': {_describe(state_dict)}")
         return name
     if "evitsam_variant" in metadata:
@@ -215,10 +216,11 @@ def load_model(
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested but CUDA is not available on this machine")
     if name_or_path is None:
         raise ValueError(
-            "no default model is bundled yet: pass a variant name (one of "
-            f"{', '.join(VARIANTS)}) or a checkpoint path"
+            f"no default model is bundled yet: pass a variant name (one of {', '.join(VARIANTS)}) or a checkpoint path"
         )
     if is_checkpoint_path(name_or_path):
         path = Path(name_or_path)

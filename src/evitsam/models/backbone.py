@@ -38,7 +38,9 @@ class EfficientViTLargeBackbone(nn.Module):
         stages: list[OpSequential] = []
         width0 = config.widths[0]
         stem = [ConvLayer(in_channels, width0, 3, stride=2)]
-        stem += [ResidualBlock(ResBlock(width0, width0, expand=config.expands[0]), True) for _ in range(config.depths[0])]
+        stem += [
+            ResidualBlock(ResBlock(width0, width0, expand=config.expands[0]), True) for _ in range(config.depths[0])
+        ]
         stages.append(OpSequential(stem))
 
         channels = width0

@@ -31,6 +31,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class SamConfig:
     """Everything that distinguishes one EfficientViT-SAM variant from another."""
 
+    name: str
     backbone: BackboneConfig
     neck_in_stages: tuple[int, ...]
     neck_depth: int
@@ -78,6 +79,11 @@ class EfficientViTSam(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def variant(self) -> str:
+        """Registry name of this architecture (``l0`` ... ``xl1``)."""
+        return self.config.name
 
     @property
     def encoder_size(self) -> int:

@@ -51,7 +51,12 @@ class TwoWayAttentionBlock(nn.Module):
     """Self-attention on tokens, token->image, MLP on tokens, image->token (post-norm throughout)."""
 
     def __init__(
-        self, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool,
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        downsample_rate: int,
+        skip_first_layer_pe: bool,
         norm_eps: float,
     ) -> None:
         super().__init__()
@@ -87,8 +92,13 @@ class TwoWayAttentionBlock(nn.Module):
 
 class TwoWayTransformer(nn.Module):
     def __init__(
-        self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
-        downsample_rate: int = 2, norm_eps: float = 1e-6,
+        self,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        downsample_rate: int = 2,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(

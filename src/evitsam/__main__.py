@@ -1,0 +1,5 @@
+"""``python -m evitsam``: the same command as the ``evitsam`` console script."""
+
+from .cli import main
+
+main()

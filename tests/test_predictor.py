@@ -1,0 +1,152 @@
+"""SamPredictor behaviour: SAM's API and semantics, input conversion, and clear prompt errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_photo, randomize_
+from PIL import Image
+
+from evitsam import SamPredictor, build_model
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    predictor = SamPredictor(randomize_(build_model("l0"), seed=7))
+    predictor.set_image(load_photo("evit_cat.jpg"))
+    return predictor
+
+
+def test_state_after_set_image(predictor):
+    assert predictor.is_image_set
+    assert predictor.original_size == (480, 640)
+    assert predictor.input_size == (768, 1024)  # the 1024 prompt frame, even for a 512 encoder
+    assert predictor.get_image_embedding().shape == (1, 256, 64, 64)
+
+
+def test_predict_shapes_and_types(predictor):
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[320, 240]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 480, 640) and masks.dtype == bool
+    assert scores.shape == (3,) and low_res.shape == (3, 256, 256)
+    single, _, _ = predictor.predict(box=np.array([100, 100, 400, 300]), multimask_output=False)
+    assert single.shape == (1, 480, 640)
+    logits, _, _ = predictor.predict(box=np.array([100, 100, 400, 300]), return_logits=True)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits > 0, predictor.predict(box=np.array([100, 100, 400, 300]))[0])
+
+
+def test_batched_prompts_equal_single_calls(predictor):
+    boxes = np.array([[10, 20, 200, 220], [300, 100, 600, 400], [50, 50, 60, 70]], dtype=np.float64)
+    batch = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes), predictor.original_size)
+    masks, scores, _ = predictor.predict_torch(None, None, batch, multimask_output=False)
+    assert masks.shape == (3, 1, 480, 640)
+    for i, box in enumerate(boxes):
+        single, single_scores, _ = predictor.predict(box=box, multimask_output=False)
+        assert (single == masks[i].numpy()).mean() > 0.9999
+        np.testing.assert_allclose(single_scores, scores[i].numpy(), rtol=1e-4, atol=1e-5)
+    points = torch.tensor([[[100.0, 100.0], [200.0, 150.0]]] * 4)
+    labels = torch.tensor([[1, 0]] * 4)
+    masks, scores, low_res = predictor.predict_torch(points, labels)
+    assert masks.shape == (4, 3, 480, 640) and scores.shape == (4, 3) and low_res.shape == (4, 3, 256, 256)
+
+
+def test_image_conversions(predictor):
+    rgb = load_photo("evit_cat.jpg")[:200, :300]
+    reference = SamPredictor(predictor.model)
+
+    def embedding(image, **kwargs):
+        reference.set_image(image, **kwargs)
+        return reference.get_image_embedding().clone()
+
+    base = embedding(rgb)
+    torch.testing.assert_close(embedding(Image.fromarray(rgb)), base)
+    torch.testing.assert_close(embedding(np.ascontiguousarray(rgb[:, :, ::-1]), image_format="BGR"), base)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    torch.testing.assert_close(embedding(rgba), base)  # alpha is dropped
+    gray = rgb[:, :, 1]
+    torch.testing.assert_close(embedding(gray), embedding(np.repeat(gray[:, :, None], 3, axis=2)))
+    torch.testing.assert_close(embedding(gray[:, :, None]), embedding(Image.fromarray(gray).convert("RGB")))
+
+
+def test_set_torch_image_matches_set_image(predictor):
+    image = load_photo("dog.jpg")
+    other = SamPredictor(predictor.model)
+    other.set_image(image)
+    resized = torch.as_tensor(other.transform.apply_image(image)).permute(2, 0, 1)[None].float()
+    predictor_torch = SamPredictor(predictor.model)
+    predictor_torch.set_torch_image(resized, image.shape[:2])
+    torch.testing.assert_close(predictor_torch.features, other.features)
+    assert predictor_torch.input_size == other.input_size
+
+
+def test_reset_and_predict_before_image():
+    fresh = SamPredictor(build_model("l0"))
+    with pytest.raises(ValueError, match="set_image"):
+        fresh.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    with pytest.raises(RuntimeError):  # SAM raises RuntimeError here: both catch clauses work
+        fresh.get_image_embedding()
+
+
+BAD_PROMPTS = [
+    (dict(point_coords=np.array([1, 2]), point_labels=np.array([1])), "point_coords"),
+    (dict(point_coords=np.array([[1, 2]])), "point_labels"),
+    (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([1, 1])), "point_labels"),
+    (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([5])), "point_labels"),
+    (dict(point_coords=np.array([[1, 2]]), point_labels=np.array([0.5])), "point_labels"),
+    (dict(point_coords=np.array([[np.nan, 2]]), point_labels=np.array([1])), "point_coords"),
+    (dict(point_coords=[["a", "b"]], point_labels=[1]), "point_coords"),
+    (dict(box=np.array([1, 2, 3])), "box"),
+    (dict(box=np.array([10, 10, 5, 20])), "box"),
+    (dict(box=np.array([10, 10, 20, 10])), "box"),
+    (dict(box=np.array([0, 0, np.inf, 20])), "box"),
+    (dict(mask_input=np.zeros((1, 64, 64))), "mask_input"),
+    (dict(mask_input=np.full((1, 256, 256), np.nan)), "mask_input"),
+]
+
+
+@pytest.mark.parametrize("prompts, argument", BAD_PROMPTS)
+def test_invalid_prompts_name_the_argument(predictor, prompts, argument):
+    features = predictor.features.clone()
+    with pytest.raises(ValueError, match=argument):
+        predictor.predict(**prompts)
+    assert torch.equal(predictor.features, features) and predictor.is_image_set  # state untouched
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(point_coords=torch.zeros(2, 3, 2), point_labels=torch.ones(3, 3)), "point_labels"),
+        (dict(point_coords=None, point_labels=None, boxes=torch.zeros(2, 5)), "boxes"),
+        (
+            dict(
+                point_coords=torch.zeros(2, 1, 2),
+                point_labels=torch.ones(2, 1),
+                boxes=torch.tensor([[0.0, 0, 5, 5]] * 3),
+            ),
+            "batch",
+        ),
+        (dict(point_coords=None, point_labels=None, mask_input=torch.zeros(2, 256, 256)), "mask_input"),
+    ],
+)
+def test_invalid_batched_prompts(predictor, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        predictor.predict_torch(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 2), np.uint8), "HxWx3"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        ("cat.jpg", "numpy array or a PIL image"),
+    ],
+)
+def test_invalid_images(image, message):
+    fresh = SamPredictor(build_model("l0"))
+    with pytest.raises(ValueError, match=message):
+        fresh.set_image(image)
+    with pytest.raises(ValueError, match="image_format"):
+        fresh.set_image(np.zeros((4, 4, 3), np.uint8), image_format="HSV")
+    assert not fresh.is_image_set
