@@ -91,7 +91,7 @@ def test_predictions_match_official(name):
 def test_batched_boxes_match_official():
     """100 detector-style boxes in one predict_torch call."""
     reference, ours = predictors("l0")
-    image = load_photo("truck.jpg")
+    image = load_photo("evit_cat.jpg")
     reference.set_image(image)
     ours.set_image(image)
     generator = np.random.default_rng(0)
