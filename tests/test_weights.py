@@ -130,3 +130,37 @@ def test_infer_variant_for_every_variant():
 
         fake = {k: torch.empty(shape) for k, shape in expected_shapes(name).items()}
         assert infer_variant(fake) == name
+
+
+def test_unresolvable_hub_fails_fast_with_the_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVITSAM_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    with pytest.raises(FileNotFoundError, match="does not resolve"):
+        load_model("l0")
+
+
+def test_download_goes_to_the_cache_and_loads(tmp_path, monkeypatch, l0_file, l0_state):
+    """The real download path with the network replaced: repo, file name and target folder are checked."""
+    import huggingface_hub
+
+    from evitsam import weights
+
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir):
+        calls.append((repo_id, filename, str(local_dir)))
+        target = tmp_path / filename
+        target.write_bytes(l0_file.read_bytes())
+        return str(target)
+
+    monkeypatch.setenv("EVITSAM_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(weights, "_hub_resolvable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert_same_weights(load_model("l0"), l0_state)
+    assert calls == [("mit-han-lab/efficientvit-sam", "efficientvit_sam_l0.pt", str(tmp_path))]
+    load_model("l0")  # now cached: no second download
+    assert len(calls) == 1

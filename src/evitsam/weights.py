@@ -7,10 +7,13 @@ fit gets a message saying what it looks like, never a wall of missing keys.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
+import socket
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -188,13 +191,32 @@ def download_weights(variant: Variant) -> Path:
     )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise FileNotFoundError(hint + " (offline: HF_HUB_OFFLINE is set)")
-    try:
-        from huggingface_hub import hf_hub_download
+    if not _hub_resolvable():
+        raise FileNotFoundError(hint + " (offline: the Hugging Face host does not resolve)")
+    import huggingface_hub
 
-        downloaded = hf_hub_download(HF_REPO, variant.weights_file, local_dir=cache_dir())
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would bury our one-line explanation
+    try:
+        downloaded = huggingface_hub.hf_hub_download(HF_REPO, variant.weights_file, local_dir=cache_dir())
     except Exception as error:  # network, auth, missing file: all mean "not available here"
         raise FileNotFoundError(f"{hint} (download failed: {type(error).__name__})") from None
+    finally:
+        hub_logger.setLevel(level)
     return Path(downloaded)
+
+
+def _hub_resolvable() -> bool:
+    """A DNS look-up answers "offline?" in milliseconds; the hub client would retry for ~30 s."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy the host need not resolve locally
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def is_checkpoint_path(name_or_path: str | os.PathLike) -> bool:
