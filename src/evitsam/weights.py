@@ -109,6 +109,11 @@ def _match_score(state_dict: dict[str, torch.Tensor], name: str) -> tuple[int, i
     return sum(got.get(k) == shape for k, shape in expected.items()), len(expected)
 
 
+def _match_fraction(state_dict: dict[str, torch.Tensor], name: str) -> float:
+    hits, total = _match_score(state_dict, name)
+    return hits / total
+
+
 def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
     """The variant whose keys and shapes the state dict matches exactly, else None."""
     got = _signature(state_dict)
@@ -122,7 +127,7 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
     name = infer_variant(state_dict)
     if name is not None:
         return f"it is a '{name}' checkpoint"
-    best = max(VARIANTS, key=lambda n: _match_score(state_dict, n)[0] / _match_score(state_dict, n)[1])
+    best = max(VARIANTS, key=lambda n: _match_fraction(state_dict, n))
     hits, total = _match_score(state_dict, best)
     return (
         f"it matches no known variant (closest: '{best}', {hits} of {total} tensors match; "
@@ -130,10 +135,14 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
     )
 
 
+def _check_fits(state_dict: dict[str, torch.Tensor], name: str, source: str) -> None:
+    if _signature(state_dict) != _expected_signature(name):
+        raise CheckpointError(f"{source} does not fit variant '{name}': {_describe(state_dict)}")
+
+
 def load_weights(model: EfficientViTSam, state_dict: dict[str, torch.Tensor], variant: str, source: str) -> None:
     """Strictly load ``state_dict`` into ``model`` of ``variant``, explaining any mismatch."""
-    if _signature(state_dict) != _expected_signature(get_variant(variant).name):
-        raise CheckpointError(f"{source} does not fit variant '{variant}': {_describe(state_dict)}")
+    _check_fits(state_dict, get_variant(variant).name, source)
     model.load_state_dict(_with_bn_counters(state_dict, variant), strict=True)
 
 
@@ -168,8 +177,7 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, var
 def _resolve_variant(state_dict, metadata: dict[str, str], variant: str | None, source: str) -> str:
     if variant is not None:
         name = get_variant(variant).name
-        if _signature(state_dict) != _expected_signature(name):
-            raise CheckpointError(f"{source} does not fit variant '{name}': {_describe(state_dict)}")
+        _check_fits(state_dict, name, source)
         return name
     if "evitsam_variant" in metadata:
         return get_variant(metadata["evitsam_variant"]).name
