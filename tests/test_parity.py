@@ -17,8 +17,10 @@ from evitsam import SamPredictor, build_model
 official_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="install the [test] extra")
 from efficientsam.models.efficientvit.sam import EfficientViTSamPredictor  # noqa: E402
 
-REL_TOL = 1e-3
-PIXEL_AGREEMENT = 0.999
+# The acceptance bounds are 1e-3 and 99.9 %; measured parity is ~2e-6 and >= 99.9998 %. Asserting
+# tighter bounds makes subtle mistakes fail: the exact-erf GELU instead of the tanh one gives 7e-5.
+REL_TOL = 2e-5
+PIXEL_AGREEMENT = 0.99995
 # Landscape and portrait photos for the fast variants; XL variants use one photo to keep CI short.
 PHOTOS = {
     "l0": [("truck.jpg", False), ("groceries.jpg", True)],
