@@ -1,0 +1,27 @@
+"""Datasets for training and fine-tuning: SA-1B and COCO layouts, detected from the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .coco import CocoDataset, is_coco
+from .sa1b import SA1BDataset, is_sa1b
+from .sample import Sample, SampleError, SkippingDataset, collate_samples
+
+
+def open_dataset(path: str | Path, max_masks: int | None = None, seed: int = 0) -> SkippingDataset:
+    """COCO (``images/`` + ``annotations.json``) or SA-1B (official or extracted layout), by inspection."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    if is_coco(root):
+        return CocoDataset(root, max_masks=max_masks, seed=seed)
+    if is_sa1b(root):
+        return SA1BDataset(root, max_masks=max_masks, seed=seed)
+    raise ValueError(
+        f"cannot tell the layout of {root}: expected COCO (images/ + annotations.json) or SA-1B "
+        "(sa_images_ids.txt + images/ + masks/, or sa_*.jpg with sa_*.json beside them)"
+    )
+
+
+__all__ = ["CocoDataset", "SA1BDataset", "Sample", "SampleError", "SkippingDataset", "collate_samples", "open_dataset"]

@@ -1,0 +1,113 @@
+"""SA-1B and COCO datasets on the shared samples: layouts, decoding, subsets, and bad files skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from evitsam.data import CocoDataset, SA1BDataset, SampleError, collate_samples, open_dataset
+
+
+@pytest.fixture(scope="module")
+def sa1b_root(shared_data):
+    return shared_data / "sa1b_sample" / "derived_from_coco"
+
+
+@pytest.fixture(scope="module")
+def coco(shared_data):
+    return CocoDataset(shared_data / "coco_subset")
+
+
+def test_sa1b_official_layout_matches_the_coco_source(sa1b_root, coco):
+    """The SA-1B sample was rasterised from coco_subset: every decoded mask equals the COCO polygon's."""
+    dataset = open_dataset(sa1b_root)
+    assert isinstance(dataset, SA1BDataset) and dataset.layout == "official"
+    assert len(dataset) == 3
+    counts = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        record = json.loads(dataset.pairs[index][1].read_text())
+        counts.append(len(sample.masks))
+        assert sample.image.dtype == np.uint8 and sample.image.shape[2] == 3
+        assert sample.masks.shape[1:] == sample.image.shape[:2] and sample.masks.dtype == bool
+        for mask, box, annotation in zip(sample.masks, sample.boxes, record["annotations"]):
+            np.testing.assert_array_equal(mask, coco.coco.annToMask(coco.coco.anns[annotation["id"]]).astype(bool))
+            x, y, w, h = annotation["bbox"]
+            np.testing.assert_allclose(box, [x, y, x + w, y + h])
+    assert counts == [19, 18, 10]
+
+
+def test_sa1b_extracted_layout_and_mask_subsets(tmp_path, sa1b_root):
+    folder = tmp_path / "sa_000000"
+    folder.mkdir()
+    for jpg in (sa1b_root / "images").glob("*.jpg"):
+        shutil.copy(jpg, folder / jpg.name)
+        shutil.copy(sa1b_root / "masks" / f"{jpg.stem}.json", folder / f"{jpg.stem}.json")
+    full = open_dataset(tmp_path)
+    assert full.layout == "extracted" and len(full) == 3
+    subset = SA1BDataset(tmp_path, max_masks=4, seed=1)
+    again = SA1BDataset(tmp_path, max_masks=4, seed=1)
+    for index in range(3):
+        sample, complete = subset[index], full[index]
+        assert len(sample.masks) == 4
+        np.testing.assert_array_equal(sample.masks, again[index].masks)  # reproducible per seed and index
+        chosen = [np.flatnonzero([(m == c).all() for c in complete.masks])[0] for m in sample.masks]
+        assert len(set(chosen)) == 4  # without replacement, drawn from the image's own masks
+
+
+def test_sa1b_synthetic_fixture(shared_data):
+    dataset = open_dataset(shared_data / "sa1b_sample" / "datumaro_synthetic")
+    sample = dataset[0]
+    assert sample.image.shape == (5, 10, 3) and sample.masks.shape[1:] == (5, 10) and sample.masks.any()
+
+
+def test_coco_polygons_rle_and_crowd(shared_data, coco):
+    assert len(coco) == 38  # 2 of the 40 images have no annotations
+    crowd = CocoDataset(shared_data / "coco_subset", include_crowd=True)
+    n_plain = sum(len(v) for v in coco.annotations.values())
+    n_crowd = sum(len(v) for v in crowd.annotations.values())
+    assert n_crowd - n_plain == 4  # the 4 iscrowd=1 regions (uncompressed RLE) only when asked for
+    crowd_index = next(
+        i for i, image_id in enumerate(crowd.image_ids) if any(a["iscrowd"] for a in crowd.annotations[image_id])
+    )
+    sample = crowd[crowd_index]
+    assert sample.masks.any(axis=(1, 2)).all()
+    for mask, box in zip(sample.masks, sample.boxes):
+        ys, xs = np.nonzero(mask)
+        assert box[0] - 1 <= xs.min() and xs.max() <= box[2] + 1 and box[1] - 1 <= ys.min() and ys.max() <= box[3] + 1
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, sa1b_root):
+    shutil.copytree(sa1b_root, tmp_path / "sa", dirs_exist_ok=True)
+    root = tmp_path / "sa"
+    ids = (root / "sa_images_ids.txt").read_text().split()
+    jpg = root / "images" / f"sa_{ids[0]}.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:2000])  # truncated image
+    (root / "masks" / f"sa_{ids[1]}.json").unlink()  # missing annotations
+    dataset = open_dataset(root)
+    with pytest.warns(UserWarning, match="skipping sample"):
+        batch = [dataset[i] for i in range(len(dataset))]
+    assert batch[0] is None and batch[1] is None and batch[2] is not None
+    assert dataset.skipped == 2
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_samples)
+    with pytest.warns(UserWarning):
+        (only,) = list(loader)
+    assert [s.image_id for s in only] == [f"sa_{ids[2]}"]
+    with pytest.raises(SampleError):
+        dataset.load(0, np.random.default_rng(0))
+
+
+def test_unknown_layouts_and_arguments(tmp_path, sa1b_root):
+    with pytest.raises(FileNotFoundError):
+        open_dataset(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        open_dataset(tmp_path)
+    with pytest.raises(ValueError, match="max_masks"):
+        SA1BDataset(sa1b_root, max_masks=0)
+    with pytest.raises(IndexError):
+        SA1BDataset(sa1b_root)[3]
