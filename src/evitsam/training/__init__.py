@@ -1,0 +1,1 @@
+"""Training building blocks: prompt sampling and losses (the loop, distillation and DDP build on these)."""
