@@ -253,6 +253,30 @@ def convert(
     typer.echo(f"wrote {target} (variant {name})")
 
 
+@app.command("train")
+def train_command(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML recipe (see configs/).", show_default=False)],
+    data: Annotated[Path, typer.Option(metavar="PATH", help="SA-1B or COCO folder (layout detected).")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: config, metrics, checkpoints, weights.")],
+    init: Annotated[
+        str | None, typer.Option(metavar="NAME|PATH", help="Start from these weights (fine-tuning).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(metavar="N", help="Override max_steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
+    stop_at: Annotated[
+        int | None, typer.Option(metavar="N", help="Stop after step N with a checkpoint (resume later).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key.")] = None,
+) -> None:
+    """End-to-end training / fine-tuning; under torchrun it runs DDP."""
+    from .training.config import TrainConfig
+    from .training.train import train
+
+    overrides = list(set_ or []) + ([f"max_steps={max_steps}"] if max_steps is not None else [])
+    train(TrainConfig.from_yaml(config, overrides), data, out, init=init, resume=resume, stop_at=stop_at)
+    typer.echo(f"run folder {out}")
+
+
 def main() -> None:
     """Console entry point (``evitsam``) and ``python -m evitsam``."""
     app()

@@ -48,6 +48,18 @@ VARIANTS: dict[str, Variant] = {
         Variant(_l("l2", (1, 2, 2, 8, 8), 12), 61_328_592, "efficientvit_sam_l2.pt"),
         Variant(_xl("xl0", (0, 1, 1, 2, 3, 3), 6), 116_957_904, "efficientvit_sam_xl0.pt"),
         Variant(_xl("xl1", (1, 2, 2, 4, 6, 6), 12), 203_346_128, "efficientvit_sam_xl1.pt"),
+        # Same architecture family, reduced widths/depths and a 256 px encoder: fast enough to
+        # train on 2 CPU cores, used by the training tests. SAM's prompt encoder/decoder are kept.
+        Variant(
+            SamConfig(
+                "tiny",
+                BackboneConfig((8, 16, 32, 64, 128), (0, 1, 1, 1, 1), _L_TYPES, (1, 2, 2, 2, 2)),
+                (4, 3, 2),
+                1,
+                1,
+                256,
+            )
+        ),
     ]
 }
 
