@@ -168,7 +168,9 @@ def to_images(model: EfficientViTSam, samples: list[Sample], device: torch.devic
 
 
 @torch.no_grad()
-def validate(model: EfficientViTSam, dataset: SkippingDataset, indices: list[int], device: torch.device) -> float:
+def validate(
+    model: EfficientViTSam, dataset: SkippingDataset, indices: list[int], device: torch.device
+) -> float | None:
     """Box-prompted mIoU on held-out images (multimask, best by predicted IoU, as the paper evaluates)."""
     was_training = model.training
     model.eval()
@@ -187,7 +189,7 @@ def validate(model: EfficientViTSam, dataset: SkippingDataset, indices: list[int
         gt = F.pad(torch.from_numpy(sample.masks), (0, size - sample.masks.shape[2], 0, size - sample.masks.shape[1]))
         ious.append(mask_iou(logits, gt.float().to(device)))
     model.train(was_training)
-    return torch.cat(ious).mean().item() if ious else float("nan")
+    return torch.cat(ious).mean().item() if ious else None
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -293,8 +295,10 @@ def train(
             record = {"step": step, "lr": scheduler.get_last_lr()[0]}
             record.update({key: round(value.item(), 6) for key, value in losses.items()})
             record["images_per_s"] = round(config.batch_size * world * step / (time.perf_counter() - started), 3)
-            if step % config.val_every == 0 or step == config.max_steps:
-                record["val_miou"] = round(validate(model, dataset, val_indices, device), 6)
+            if val_indices and (step % config.val_every == 0 or step == config.max_steps):
+                val_miou = validate(model, dataset, val_indices, device)
+                if val_miou is not None:  # None: no readable validation image
+                    record["val_miou"] = round(val_miou, 6)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             for key, value in record.items():
