@@ -9,11 +9,12 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from typer.testing import CliRunner
 
 import evitsam
 from evitsam.cli import app
-from evitsam.training.config import TrainConfig
+from evitsam.training.config import DistillConfig, TrainConfig
 from evitsam.training.train import train
 
 FAST = dict(max_masks=2, batch_size=1, num_points=256, correction_iters=1, log_every=1, ckpt_every=1, val_every=2)
@@ -90,3 +91,36 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path, data):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert any(not torch.equal(ranks[0][k], initial[k]) for k in ranks[0] if k in initial)
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    kind = DistillConfig if "stage1" in path.name or "distill" in path.name else TrainConfig
+    config = kind.from_yaml(path)
+    if path.name.endswith("-stage2.yaml"):  # the official recipe (official.md section 4)
+        assert config.lr == (4e-7 if path.name.startswith("xl") else 8e-7)
+        assert (config.max_masks, config.batch_size, config.weight_decay, config.epochs) == (64, 4, 0.1, 2.0)
+        assert (config.grad_clip, config.grad_clip_mode, config.focal) == (2.0, "value", False)
+        assert (config.box_prob, config.max_positive_points, config.max_negative_points) == (0.5, 10, 0)
+
+
+def test_config_values_are_checked_and_epochs_set_the_steps():
+    config = TrainConfig.from_dict({"epochs": 2.0, "batch_size": 4})
+    assert config.steps_for(train_images=10, world=2) == 3  # ceil(2 * 10 / (4 * 2))
+    assert TrainConfig.from_dict({"max_steps": 7}).steps_for(10, 1) == 7
+    for bad, message in [
+        ({"amp": "fp8"}, "amp"),
+        ({"grad_clip_mode": "l1"}, "grad_clip_mode"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": "fast"}, "lr"),
+        ({"nope": 1}, "unknown"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict(bad)
+    with pytest.raises(ValueError, match="unknown"):
+        DistillConfig.from_dict({"max_masks": 4})  # a stage-2 key is not a stage-1 key
+
+
+def test_auto_variant_needs_init(tmp_path, data):
+    with pytest.raises(ValueError, match="variant 'auto'.*--init"):
+        train(TrainConfig.from_dict(FAST | {"variant": "auto", "max_steps": 1}), data, tmp_path, progress=False)

@@ -253,28 +253,101 @@ def convert(
     typer.echo(f"wrote {target} (variant {name})")
 
 
+ConfigArgument = Annotated[
+    Path, typer.Argument(metavar="CONFIG", help="YAML recipe (see configs/).", show_default=False)
+]
+DataOption = Annotated[Path, typer.Option(metavar="PATH", help="SA-1B or COCO folder (layout detected).")]
+OutOption = Annotated[Path, typer.Option(metavar="DIR", help="Run folder: config, metrics, checkpoints, weights.")]
+InitOption = Annotated[str | None, typer.Option(metavar="NAME|PATH", help="Start from these weights.")]
+MaxStepsOption = Annotated[int | None, typer.Option(metavar="N", help="Override max_steps (and epochs).")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")]
+StopAtOption = Annotated[int | None, typer.Option(metavar="N", help="Stop after step N with a checkpoint.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key.")]
+TeacherOption = Annotated[
+    str | None, typer.Option(metavar="NAME|PATH", help="vit_h/vit_l/vit_b, a SAM .pth, or an evitsam model.")
+]
+
+
+def _overrides(set_: list[str] | None, max_steps: int | None) -> list[str]:
+    steps = [f"max_steps={max_steps}", "epochs=0"] if max_steps is not None else []
+    return list(set_ or []) + steps
+
+
 @app.command("train")
 def train_command(
-    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML recipe (see configs/).", show_default=False)],
-    data: Annotated[Path, typer.Option(metavar="PATH", help="SA-1B or COCO folder (layout detected).")],
-    out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: config, metrics, checkpoints, weights.")],
-    init: Annotated[
-        str | None, typer.Option(metavar="NAME|PATH", help="Start from these weights (fine-tuning).")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(metavar="N", help="Override max_steps.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
-    stop_at: Annotated[
-        int | None, typer.Option(metavar="N", help="Stop after step N with a checkpoint (resume later).")
-    ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key.")] = None,
+    config: ConfigArgument,
+    data: DataOption,
+    out: OutOption,
+    init: InitOption = None,
+    max_steps: MaxStepsOption = None,
+    resume: ResumeOption = False,
+    stop_at: StopAtOption = None,
+    set_: SetOption = None,
 ) -> None:
-    """End-to-end training / fine-tuning; under torchrun it runs DDP."""
+    """Stage 2: end-to-end training / fine-tuning; under torchrun it runs DDP."""
     from .training.config import TrainConfig
     from .training.train import train
 
-    overrides = list(set_ or []) + ([f"max_steps={max_steps}"] if max_steps is not None else [])
-    train(TrainConfig.from_yaml(config, overrides), data, out, init=init, resume=resume, stop_at=stop_at)
+    train(TrainConfig.from_yaml(config, _overrides(set_, max_steps)), data, out, init, resume, stop_at=stop_at)
     typer.echo(f"run folder {out}")
+
+
+class _DefaultCommandGroup(_Group):
+    """A group whose first command is the default: ``distill CONFIG ...`` means ``distill run CONFIG ...``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [next(iter(self.commands)), *args]
+        return super().parse_args(ctx, args)
+
+
+distill_app = typer.Typer(
+    cls=_DefaultCommandGroup,
+    help="Stage 1: distil a teacher's image embeddings into a student encoder.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(distill_app, name="distill")
+
+
+@distill_app.command("run")
+def distill_command(
+    config: ConfigArgument,
+    data: DataOption,
+    out: OutOption,
+    teacher: TeacherOption = None,
+    cache: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Teacher embeddings made by 'distill precompute'.")
+    ] = None,
+    init: InitOption = None,
+    max_steps: MaxStepsOption = None,
+    resume: ResumeOption = False,
+    stop_at: StopAtOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Distil (the default command: 'evitsam distill CONFIG ...'); --teacher, --cache, or both."""
+    from .training.config import DistillConfig
+    from .training.distill import distill
+
+    settings = DistillConfig.from_yaml(config, _overrides(set_, max_steps))
+    distill(settings, data, out, teacher, cache, init, resume, stop_at=stop_at)
+    typer.echo(f"run folder {out}; continue with: evitsam train CONFIG --init {out / 'model.safetensors'} ...")
+
+
+@distill_app.command("precompute")
+def precompute_command(
+    teacher: Annotated[str, typer.Option(metavar="NAME|PATH", help="vit_h/vit_l/vit_b, a SAM .pth, or a model.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Cache folder (resumed if it exists).")],
+    hflip: Annotated[bool, typer.Option(help="Also cache mirrored images (for hflip).")] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Cache the teacher's embeddings of every image once (float16, resumable, sharded under torchrun)."""
+    from .training.distill import precompute
+    from .training.teacher import load_teacher
+
+    written = precompute(load_teacher(teacher, device), data, out, hflip)
+    typer.echo(f"cache {out}: {written} embeddings written")
 
 
 def main() -> None:

@@ -37,8 +37,12 @@ def validate_prompts(
     point_labels: torch.Tensor | None,
     boxes: torch.Tensor | None,
     mask_input: torch.Tensor | None,
+    mask_size: int = LOW_RES_MASK_SIZE,
 ) -> None:
-    """Check batched prompts (B, N, 2) / (B, N) / (B, 4) / (B, 1, 256, 256) for shape and sanity."""
+    """Check batched prompts (B, N, 2) / (B, N) / (B, 4) / (B, 1, M, M) for shape and sanity.
+
+    ``mask_size`` M is the model's low-res mask side (``model.low_res_size``, 256 for official models).
+    """
     if (point_coords is None) != (point_labels is None):
         raise ValueError("point_coords and point_labels must be given together")
     batch_sizes = {}
@@ -65,9 +69,9 @@ def validate_prompts(
             raise ValueError(f"boxes must satisfy x0 < x1 and y0 < y1 (XYXY), got degenerate box {bad}")
         batch_sizes["boxes"] = boxes.shape[0]
     if mask_input is not None:
-        form = f"(B, 1, {LOW_RES_MASK_SIZE}, {LOW_RES_MASK_SIZE}) low-res logits"
+        form = f"(B, 1, {mask_size}, {mask_size}) low-res logits"
         _check_tensor("mask_input", mask_input, 4, None, form)
-        if tuple(mask_input.shape[1:]) != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+        if tuple(mask_input.shape[1:]) != (1, mask_size, mask_size):
             raise ValueError(f"mask_input must be shaped {form}, got {tuple(mask_input.shape)}")
         batch_sizes["mask_input"] = mask_input.shape[0]
     if len(set(batch_sizes.values())) > 1:
@@ -180,11 +184,12 @@ class SamPredictor:
             if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
                 raise ValueError(f"box must satisfy x0 < x1 and y0 < y1 (XYXY), got {box_array.reshape(4).tolist()}")
         if mask_input is not None:
-            mask_array = _as_array("mask_input", mask_input, "(1, 256, 256)")
-            if mask_array.shape == (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
+            side = self.model.low_res_size
+            mask_array = _as_array("mask_input", mask_input, f"(1, {side}, {side})")
+            if mask_array.shape == (side, side):
                 mask_array = mask_array[None]
-            if mask_array.shape != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
-                raise ValueError(f"mask_input must be shaped (1, 256, 256) low-res logits, got {mask_array.shape}")
+            if mask_array.shape != (1, side, side):
+                raise ValueError(f"mask_input must be shaped (1, {side}, {side}) logits, got {mask_array.shape}")
             masks = torch.as_tensor(mask_array, dtype=torch.float)[None]
         if coords is not None and labels is not None and labels.shape[1] != coords.shape[1]:
             raise ValueError(
@@ -212,7 +217,7 @@ class SamPredictor:
         (B, N, 2)/(B, N). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
         """
         self._require_image()
-        validate_prompts(point_coords, point_labels, boxes, mask_input)
+        validate_prompts(point_coords, point_labels, boxes, mask_input, self.model.low_res_size)
         low_res, scores = self.model.decode(
             self.features, point_coords, point_labels, boxes, mask_input, multimask_output
         )

@@ -155,12 +155,14 @@ def _with_bn_counters(state_dict: dict[str, torch.Tensor], variant: str) -> dict
     return full
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, variant: str) -> None:
-    """Write weights as safetensors with ``variant`` metadata, atomically (no half-written file)."""
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, variant: str | None) -> None:
+    """Write weights as safetensors with ``variant`` metadata (None: a part, not a model), atomically."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    metadata = {"format": "pt", "evitsam_variant": get_variant(variant).name}
+    metadata = {"format": "pt"}
+    if variant is not None:
+        metadata["evitsam_variant"] = get_variant(variant).name
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -216,15 +218,33 @@ def download_weights(variant: Variant) -> Path:
 
 
 def _hub_resolvable() -> bool:
-    """A DNS look-up answers "offline?" in milliseconds; the hub client would retry for ~30 s."""
+    return _host_resolvable(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname)
+
+
+def _host_resolvable(host: str | None) -> bool:
+    """A DNS look-up answers "offline?" in milliseconds; download clients would retry for ~30 s."""
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # behind a proxy the host need not resolve locally
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
     try:
-        socket.getaddrinfo(host, 443)
+        socket.getaddrinfo(host or "localhost", 443)
     except OSError:
         return False
     return True
+
+
+def download_file(url: str, name: str) -> Path:
+    """``cache_dir()/name``, downloaded from ``url`` first when missing (atomically, with progress)."""
+    target = cache_dir() / name
+    if target.is_file():
+        return target
+    hint = f"{name} is not in the cache: expected {target}. Download {url} and put the file there (or set ${CACHE_ENV})"
+    if not _host_resolvable(urlparse(url).hostname):
+        raise FileNotFoundError(hint + f" (offline: {urlparse(url).hostname} does not resolve)")
+    try:
+        atomic_write(target, lambda tmp: torch.hub.download_url_to_file(url, str(tmp), progress=True))
+    except Exception as error:  # network errors of every kind mean "not available here"
+        raise FileNotFoundError(f"{hint} (download failed: {type(error).__name__})") from None
+    return target
 
 
 def is_checkpoint_path(name_or_path: str | os.PathLike) -> bool:

@@ -54,10 +54,13 @@ class CocoDataset(SkippingDataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_path(self, index: int) -> Path:
+        return self.root / "images" / self.coco.imgs[self.image_ids[index]]["file_name"]
+
     def load(self, index: int, rng: np.random.Generator) -> Sample:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        image = read_rgb(self.root / "images" / info["file_name"])
+        image = read_rgb(self.image_path(index))
         if image.shape[:2] != (info["height"], info["width"]):
             raise SampleError(
                 f"image {info['file_name']} is {image.shape[1]}x{image.shape[0]}, annotations say "

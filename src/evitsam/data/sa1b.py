@@ -44,6 +44,9 @@ class SA1BDataset(SkippingDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def image_path(self, index: int) -> Path:
+        return self.pairs[index][0]
+
     def load(self, index: int, rng: np.random.Generator) -> Sample:
         image_path, json_path = self.pairs[index]
         try:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
+
+T = TypeVar("T")
 
 
 class SampleError(ValueError):
@@ -70,15 +74,44 @@ class SkippingDataset:
     def load(self, index: int, rng: np.random.Generator) -> Sample:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def image_key(self, index: int) -> str:
+        """A stable name for the image (file name without extension), e.g. for embedding caches."""
+        return self.image_path(index).stem
+
+    def _skipping(self, index: int, read: Callable[[], T]) -> T | None:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         try:
-            return self.load(index, np.random.default_rng((self.seed, index)))
+            return read()
         except SampleError as error:
             self.skipped += 1
-            warnings.warn(f"skipping sample {index}: {error}", stacklevel=2)
+            warnings.warn(f"skipping sample {index}: {error}", stacklevel=3)
             return None
+
+    def __getitem__(self, index: int) -> Sample | None:
+        return self._skipping(index, lambda: self.load(index, np.random.default_rng((self.seed, index))))
+
+    def read_image(self, index: int) -> np.ndarray | None:
+        """Only the image (HxWx3 uint8), without decoding masks; None when unreadable."""
+        return self._skipping(index, lambda: read_rgb(self.image_path(index)))
+
+
+def first_readable(read: Callable[[int], T | None], index: int, pool: list[int]) -> tuple[int, T]:
+    """``(index, read(index))``, or the next readable index of ``pool`` (wrapping) when it is unreadable."""
+    item = read(index)
+    position = pool.index(index) if index in pool else -1
+    for _ in range(len(pool)):
+        if item is not None:
+            return index, item
+        position = (position + 1) % len(pool)
+        index = pool[position]
+        item = read(index)
+    if item is None:
+        raise RuntimeError("no readable sample left in the dataset")
+    return index, item
 
 
 def collate_samples(batch: list[Sample | None]) -> list[Sample]:

@@ -1,4 +1,4 @@
-"""SAM neck: fuses three backbone stages into the 256x64x64 image embedding."""
+"""SAM neck: fuses three backbone stages into the 256xGxG image embedding (G = 64 for official models)."""
 
 from __future__ import annotations
 
@@ -26,17 +26,24 @@ class UpsampleTo(nn.Module):
 
 
 class SamNeck(nn.Module):
-    """Project each input stage to 256 channels, upsample to 64x64, sum, refine, project.
+    """Project each input stage to 256 channels, resize to the grid, sum, refine, project.
 
     The whole neck runs in fp32 even under autocast: it sums features of very different
     magnitudes, and half precision here is one of the reasons official fp16 encoders fail.
     """
 
-    def __init__(self, in_keys: tuple[str, ...], in_channels: tuple[int, ...], depth: int, expand: float) -> None:
+    def __init__(
+        self,
+        in_keys: tuple[str, ...],
+        in_channels: tuple[int, ...],
+        depth: int,
+        expand: float,
+        grid: int = EMBED_SIZE,
+    ) -> None:
         super().__init__()
         self.in_keys = in_keys
         self.input_ops = nn.ModuleList(
-            [OpSequential([ConvLayer(c, EMBED_DIM, 1, act=False), UpsampleTo(EMBED_SIZE)]) for c in in_channels]
+            [OpSequential([ConvLayer(c, EMBED_DIM, 1, act=False), UpsampleTo(grid)]) for c in in_channels]
         )
         self.middle = OpSequential(
             [ResidualBlock(FusedMBConv(EMBED_DIM, EMBED_DIM, expand=expand), True) for _ in range(depth)]

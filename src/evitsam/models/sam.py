@@ -21,10 +21,22 @@ from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
 PROMPT_FRAME = 1024
-LOW_RES_MASK_SIZE = 4 * EMBED_SIZE
+LOW_RES_MASK_SIZE = 4 * EMBED_SIZE  # of the official models; ``model.low_res_size`` in general
 # ImageNet statistics on the 0-255 scale (identical to SAM's pixel_mean / pixel_std).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def normalize_and_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalise (B, 3, h, w) 0-255 images already resized to long side ``size``; zero-pad bottom/right.
+
+    The one normalisation of every encoder here (EfficientViT and SAM's ViT teacher alike).
+    """
+    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=images.device).view(-1, 1, 1)
+    images = (images - mean) / std
+    h, w = images.shape[-2:]
+    return F.pad(images, (0, size - w, 0, size - h))
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class SamConfig:
     neck_depth: int
     neck_expand: float
     encoder_size: int
+    # Side of the embedding grid. SAM and every official variant use 64 (low-res masks 256x256);
+    # a smaller grid makes the decoder 4x (32) or 16x (16) cheaper for small CPU-trained models.
+    embed_size: int = EMBED_SIZE
 
 
 class EfficientViTSamImageEncoder(nn.Module):
@@ -45,11 +60,11 @@ class EfficientViTSamImageEncoder(nn.Module):
         self.backbone = EfficientViTLargeBackbone(config.backbone)
         in_keys = tuple(f"stage{s}" for s in config.neck_in_stages)
         in_channels = tuple(config.backbone.widths[s] for s in config.neck_in_stages)
-        self.neck = SamNeck(in_keys, in_channels, config.neck_depth, config.neck_expand)
+        self.neck = SamNeck(in_keys, in_channels, config.neck_depth, config.neck_expand, config.embed_size)
         self.norm = LayerNorm2d(EMBED_DIM)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised, padded images -> (B, 256, 64, 64) embeddings (fp32).
+        """(B, 3, S, S) normalised, padded images -> (B, 256, G, G) embeddings (fp32), G = 64 officially.
 
         Activations flow channels-last: oneDNN/cuDNN convolutions skip their layout reorders,
         about 10 % faster on CPU with identical numerics. The weights keep the default layout.
@@ -70,7 +85,7 @@ class EfficientViTSam(nn.Module):
         self.image_encoder = EfficientViTSamImageEncoder(config)
         self.prompt_encoder = PromptEncoder(
             embed_dim=EMBED_DIM,
-            image_embedding_size=(EMBED_SIZE, EMBED_SIZE),
+            image_embedding_size=(config.embed_size, config.embed_size),
             input_image_size=(PROMPT_FRAME, PROMPT_FRAME),
             mask_in_chans=16,
         )
@@ -94,18 +109,20 @@ class EfficientViTSam(nn.Module):
         return self.config.encoder_size
 
     @property
+    def low_res_size(self) -> int:
+        """Side of the decoder's low-res logits and of ``mask_input`` (256 for official models)."""
+        return 4 * self.config.embed_size
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise (B, 3, h, w) 0-255 images already resized to long side S, zero-pad bottom/right to S."""
-        images = (images - self.pixel_mean) / self.pixel_std
-        h, w = images.shape[-2:]
-        size = self.encoder_size
-        return F.pad(images, (0, size - w, 0, size - h))
+        return normalize_and_pad(images, self.encoder_size)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Pre-processed (B, 3, S, S) images -> image embeddings (B, 256, 64, 64)."""
+        """Pre-processed (B, 3, S, S) images -> image embeddings (B, 256, G, G)."""
         return self.image_encoder(images)
 
     def decode(
@@ -117,9 +134,9 @@ class EfficientViTSam(nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts in the 1024 frame -> low-res logits (B, C, 256, 256) and IoU predictions (B, C).
+        """Prompts in the 1024 frame -> low-res logits (B, C, 4G, 4G) and IoU predictions (B, C).
 
-        ``image_embeddings`` is (1, 256, 64, 64) (shared by every prompt) or one per prompt.
+        ``image_embeddings`` is (1, 256, G, G) (shared by every prompt) or one per prompt.
         """
         points = (point_coords, point_labels) if point_coords is not None else None
         # The decoder is cheap next to the encoder; running it in fp32 keeps masks stable under autocast.

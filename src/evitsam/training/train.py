@@ -1,97 +1,29 @@
-"""Stage-2 (end-to-end) training, one process or many (``torchrun``, DDP).
+"""Stage-2 (end-to-end) training and fine-tuning, one process or many (``torchrun``, DDP).
 
-Written to be read top to bottom, like torchvision's reference scripts. Every random choice of a
-step (data order, flips, prompt types, points) derives from (seed, step, rank), so ``--resume``
-continues exactly where a run stopped: no step repeated or skipped, bit-identical parameters.
+Written to be read top to bottom, like torchvision's reference scripts: per image, prompts are
+sampled from its masks (boxes, positive and negative points), the decoder runs, and optionally
+runs again with a correction click from the error region plus its previous mask as a prompt
+(SAM's interactive training). The loop itself (optimiser, schedule, checkpoints, resume, logs)
+is :func:`evitsam.training.loop.fit`, shared with stage 1.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import SkippingDataset, open_dataset
 from ..data.augment import flip_horizontal, resize_longest_side
-from ..data.sample import Sample
-from ..files import atomic_write
+from ..data.sample import Sample, first_readable
 from ..models import EfficientViTSam
 from ..models.sam import PROMPT_FRAME
-from ..variants import get_variant
-from ..weights import load_model, save_safetensors
 from .config import TrainConfig
+from .loop import batch_indices, build_model_for, check_run_folder, fit, init_distributed, split_indices
 from .losses import mask_iou, sam_loss
 from .prompts import correction_clicks, jitter_boxes, sample_points
-
-CHECKPOINT = "checkpoint.pt"
-FINAL_WEIGHTS = "model.safetensors"
-
-
-# ------------------------------------------------------------------------------------------ setup
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-def step_generator(config: TrainConfig, step: int, rank: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(hash((config.seed, step, rank, stream)) & 0x7FFFFFFF)
-
-
-def split_indices(dataset: SkippingDataset, val_fraction: float) -> tuple[list[int], list[int]]:
-    """Train and held-out validation indices (the last images, at least one when asked for)."""
-    n = len(dataset)
-    n_val = min(n - 1, max(1, round(n * val_fraction))) if val_fraction > 0 else 0
-    return list(range(n - n_val)), list(range(n - n_val, n))
-
-
-def batch_indices(train: list[int], step: int, rank: int, world: int, batch: int, seed: int) -> list[int]:
-    """The dataset indices of one rank's batch at ``step``: epochs are seeded permutations."""
-    per_step = batch * world
-    out = []
-    for position in range(step * per_step + rank * batch, step * per_step + (rank + 1) * batch):
-        epoch, offset = divmod(position, len(train))
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        out.append(train[order[offset].item()])
-    return out
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on norms, biases and embeddings (tokens, point embeddings)."""
-    no_decay = set()
-    for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.LayerNorm, nn.BatchNorm2d)) or "LayerNorm" in type(module).__name__:
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, plain = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (plain if id(param) in no_decay or param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def lr_lambda(config: TrainConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 # ------------------------------------------------------------------------------------------- step
@@ -149,13 +81,7 @@ def prepare_batch(
     """Load, flip and resize; an unreadable sample is replaced by the next readable training image."""
     samples = []
     for index in indices:
-        sample, attempts = dataset[index], 0
-        while sample is None and attempts < len(train):
-            attempts += 1
-            index = train[(train.index(index) + 1) % len(train)] if index in train else train[0]
-            sample = dataset[index]
-        if sample is None:
-            raise RuntimeError("no readable training sample left in the dataset")
+        _, sample = first_readable(dataset.__getitem__, index, train)
         if torch.rand((), generator=generator) < config.hflip:
             sample = flip_horizontal(sample)
         samples.append(resize_longest_side(sample, size))
@@ -193,22 +119,6 @@ def validate(
 
 
 # ------------------------------------------------------------------------------------------- loop
-def build_model_for(config: TrainConfig, init: str | None, device: torch.device) -> EfficientViTSam:
-    if init is None:
-        return EfficientViTSam(get_variant(config.variant).config).to(device)
-    model = load_model(init, device=device)
-    if model.variant != get_variant(config.variant).name:
-        raise ValueError(f"--init is a '{model.variant}' model but the config trains '{config.variant}'")
-    return model
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint so every step appears exactly once."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
-
-
 def train(
     config: TrainConfig,
     data: str | Path,
@@ -220,106 +130,33 @@ def train(
 ) -> EfficientViTSam:
     """Run (or continue) training; writes ``out/model.safetensors`` and returns the trained model.
 
-    ``stop_at`` ends this invocation after that step with a checkpoint (the schedule still spans
-    ``max_steps``), for time-boxed sessions that ``resume`` later.
+    ``init`` starts from existing weights (a variant name or a checkpoint: fine-tuning, or stage 2
+    after distillation). ``stop_at`` ends this invocation after that step with a checkpoint (the
+    schedule still spans ``max_steps``), for time-boxed sessions that ``resume`` later.
     """
-    rank, world, device = init_distributed()
+    process = init_distributed()
     out = Path(out)
+    check_run_folder(out, resume)
     dataset = open_dataset(data, max_masks=config.max_masks, seed=config.seed)
-    train_indices, val_indices = split_indices(dataset, config.val_fraction)
-    checkpoint_path = out / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
-    if not resume and checkpoint_path.is_file():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    train_indices, val_indices = split_indices(len(dataset), config.val_fraction)
+    config.max_steps = config.steps_for(len(train_indices), process.world)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = build_model_for(config, init, device)
+    model = build_model_for(config, init, process.device)
     if config.freeze_image_encoder:
         model.image_encoder.requires_grad_(False)
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr * world)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    step = 0
-    if resume:
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-    trainer: nn.Module = SamTrainingStep(model, config)
-    if world > 1:
-        trainer = nn.parallel.DistributedDataParallel(trainer, find_unused_parameters=True)
 
-    writer = None
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
-        _trim_metrics(metrics_path, step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if resume else None)
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    started = time.perf_counter()
-    last = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
-    while step < last:
-        generator = step_generator(config, step, rank)
-        torch.manual_seed(generator.initial_seed())  # global-RNG users (loss point sampling) too
-        indices = batch_indices(train_indices, step, rank, world, config.batch_size, config.seed)
+    def make_batch(step: int, generator: torch.Generator) -> tuple:
+        indices = batch_indices(train_indices, step, process.rank, process.world, config.batch_size, config.seed)
         samples = prepare_batch(dataset, indices, train_indices, config, model.encoder_size, generator)
-        images = to_images(model, samples, device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            losses = trainer(images, samples, generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
+        return to_images(model, samples, process.device), samples
 
-        if rank == 0 and (step % config.log_every == 0 or step == config.max_steps):
-            record = {"step": step, "lr": scheduler.get_last_lr()[0]}
-            record.update({key: round(value.item(), 6) for key, value in losses.items()})
-            record["images_per_s"] = round(config.batch_size * world * step / (time.perf_counter() - started), 3)
-            if val_indices and (step % config.val_every == 0 or step == config.max_steps):
-                val_miou = validate(model, dataset, val_indices, device)
-                if val_miou is not None:  # None: no readable validation image
-                    record["val_miou"] = round(val_miou, 6)
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            for key, value in record.items():
-                if key != "step":
-                    writer.add_scalar(key, value, step)
-        if rank == 0 and (step % config.ckpt_every == 0 or step in (last, config.max_steps)):
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "config": asdict(config),
-            }
-            atomic_write(checkpoint_path, lambda tmp, state=state: torch.save(state, tmp))
-    if bar is not None:
-        bar.close()
-    if rank == 0:
-        writer.close()
-        if step == config.max_steps:
-            save_safetensors(model.state_dict(), out / FINAL_WEIGHTS, model.variant)
-    if dist.is_initialized():
-        dist.barrier()
+    def validation() -> dict[str, float]:
+        miou = validate(model, dataset, val_indices, process.device) if val_indices else None
+        return {} if miou is None else {"val_miou": miou}  # None: no readable validation image
+
+    step_module = SamTrainingStep(model, config)
+    fit(config, process, model, step_module, make_batch, out, resume=resume, stop_at=stop_at, progress=progress,
+        validate=validation)  # fmt: skip
     return model
