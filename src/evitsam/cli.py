@@ -1,4 +1,4 @@
-"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints.
+"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints, train, evaluate.
 
 The CLI is a thin layer over the public API (``load_model``, ``SamPredictor``,
 ``convert_checkpoint``). The library already raises ``ValueError``/``FileNotFoundError`` with
@@ -275,6 +275,66 @@ def train_command(
     overrides = list(set_ or []) + ([f"max_steps={max_steps}"] if max_steps is not None else [])
     train(TrainConfig.from_yaml(config, overrides), data, out, init=init, resume=resume, stop_at=stop_at)
     typer.echo(f"run folder {out}")
+
+
+@app.command("eval")
+def eval_command(
+    images: Annotated[Path, typer.Option(metavar="DIR", help="Image folder (COCO: val2017/; LVIS: the COCO root).")],
+    annotations: Annotated[Path, typer.Option(metavar="JSON", help="COCO or LVIS instances annotation file.")],
+    output: Annotated[Path, typer.Option(metavar="RESULTS.json", help="Results to write (+ a .md table beside).")],
+    dataset: Annotated[str, typer.Option(metavar="coco|lvis", help="Annotation format and AP tool.")] = "coco",
+    prompt: Annotated[
+        str, typer.Option(metavar="box|point|detector", help="GT boxes, simulated clicks, or detector boxes.")
+    ] = "box",
+    clicks: Annotated[int, typer.Option(metavar="K", help="Clicks per object with --prompt point.")] = 1,
+    detections: Annotated[
+        Path | None, typer.Option(metavar="JSON", help="Detector boxes (COCO results format) for --prompt detector.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="Torch device [default: cuda if available, else cpu].")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", help="Evaluate only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="B", help="Prompts per decoder call.")] = 64,
+    predictions: Annotated[
+        Path | None, typer.Option(metavar="JSON", help="Also write per-object IoUs / detections with masks.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Zero-shot COCO/LVIS evaluation with the paper's protocol; shard it with torchrun."""
+    from .distributed import init_distributed, shutdown_distributed
+    from .evaluation import EvalDataset, load_detections, run_evaluation
+    from .evaluation.report import summary_line, write_predictions, write_results
+    from .evaluation.runner import check_settings
+
+    if model is not None and checkpoint is not None:
+        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    if output.suffix.lower() != ".json":
+        raise ValueError(f"--output '{output}': results are written as JSON, use a .json name")
+    check_settings(dataset, prompt, clicks, detections is not None, limit, batch_size)
+    data = EvalDataset(images, annotations, dataset)
+    grouped = load_detections(detections) if detections is not None else None
+    rank, _, torch_device = init_distributed(device)
+    name_or_path = str(checkpoint) if checkpoint is not None else model
+    sam = load_model(name_or_path, variant=variant, device=torch_device)
+    keep = predictions is not None
+    results = run_evaluation(sam, data, prompt, clicks, grouped, limit, batch_size, progress, keep)
+    if rank == 0:
+        results.update(model=name_or_path, variant=sam.variant)
+        if keep:
+            write_predictions(predictions, results.pop("predictions"))
+        json_path, table_path = write_results(output, results)
+        typer.echo(summary_line(results))
+        typer.echo(f"wrote {json_path} and {table_path}" + (f" and {predictions}" if keep else ""))
+    shutdown_distributed()
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from ..data import SkippingDataset, open_dataset
 from ..data.augment import flip_horizontal, resize_longest_side
 from ..data.sample import Sample
+from ..distributed import init_distributed
 from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..models.sam import PROMPT_FRAME
@@ -36,19 +36,6 @@ FINAL_WEIGHTS = "model.safetensors"
 
 
 # ------------------------------------------------------------------------------------------ setup
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
 def step_generator(config: TrainConfig, step: int, rank: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(hash((config.seed, step, rank, stream)) & 0x7FFFFFFF)
 
