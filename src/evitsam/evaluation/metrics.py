@@ -75,6 +75,8 @@ def _segm_results(detections: Sequence[dict]) -> list[dict]:
 
 def _ground_truth_copy(data: dict) -> dict:
     """Both evaluators rewrite ground-truth annotations in place; give them their own dicts."""
+    if not isinstance(data.get("categories"), list):
+        raise ValueError("annotations need a 'categories' list to compute AP")
     return {**data, "annotations": [dict(ann) for ann in data["annotations"]]}
 
 

@@ -43,12 +43,12 @@ def markdown_table(results: dict) -> str:
     if "miou" in results:
         keys, values, digits = MIOU_KEYS, results["miou"], 3
         count = f"{results['num_objects']} objects"
-        title = "mIoU"
+        names = [f"mIoU {key}" for key in keys]
     else:
         keys, values, digits = tuple(results["ap"]), results["ap"], 1
         count = f"{results['num_detections']} detections"
-        title = "mask AP"
-    header = f"| {model_head}dataset | prompt | images | evaluated | " + " | ".join(f"{title} {k}" for k in keys) + " |"
+        names = [f"mask {key}" for key in keys]
+    header = f"| {model_head}dataset | prompt | images | evaluated | " + " | ".join(names) + " |"
     rule = "|" + "---|" * (4 + bool(model)) + "---:|" * len(keys)
     row = (
         f"| {model}{results['dataset']} | {_setting(results)} | {results['num_images']} | {count} | "

@@ -94,6 +94,8 @@ def run_evaluation(
     check_settings(data.dataset, prompt, clicks, detections is not None, limit, batch_size)
     images = data.images[:limit]
     prompts = [detections.get(im.id, []) if prompt == "detector" else data.objects(im.id) for im in images]
+    if prompt == "detector" and not isinstance(data.data.get("categories"), list):
+        raise ValueError("annotations need a 'categories' list to compute AP")
     if not any(prompts):
         what = "detections" if prompt == "detector" else "annotations with area >= 1"
         raise ValueError(f"nothing to evaluate: the {len(images)} chosen images have no {what}")
