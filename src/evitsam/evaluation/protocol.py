@@ -33,9 +33,10 @@ MIN_BOX_SIZE = 1e-2
 
 
 def as_predictor(model_or_predictor: Any) -> Any:
-    """A predictor for an :class:`EfficientViTSam`, or the given object if it acts like one."""
+    """A predictor for an :class:`EfficientViTSam` (switched to eval mode, as the official script does),
+    or the given object if it acts like one."""
     if isinstance(model_or_predictor, EfficientViTSam):
-        return SamPredictor(model_or_predictor)
+        return SamPredictor(model_or_predictor.eval())
     if all(hasattr(model_or_predictor, name) for name in PREDICTOR_INTERFACE):
         return model_or_predictor
     raise ValueError(
