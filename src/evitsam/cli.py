@@ -1,4 +1,4 @@
-"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints.
+"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints, train, evaluate.
 
 The CLI is a thin layer over the public API (``load_model``, ``SamPredictor``,
 ``convert_checkpoint``). The library already raises ``ValueError``/``FileNotFoundError`` with
@@ -177,6 +177,23 @@ def open_image(path: Path) -> Image.Image:
 
 
 # --------------------------------------------------------------------------------------- commands
+# The model options every model-running command shares.
+ModelOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+]
+CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
+VariantOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+]
+
+
+def model_source(model: str | None, checkpoint: Path | None) -> str | None:
+    """What to pass to ``load_model``: the --checkpoint path or the --model name (never both)."""
+    if model is not None and checkpoint is not None:
+        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    return str(checkpoint) if checkpoint is not None else model
+
+
 @app.command()
 def segment(
     image: Annotated[
@@ -192,15 +209,9 @@ def segment(
     box: Annotated[
         list[str] | None, typer.Option("--box", "-b", metavar="X0,Y0,X1,Y1", help="Box prompt; several: one mask each.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
     multimask: Annotated[bool, typer.Option(help="Ask for 3 masks per object and keep the best.")] = False,
     overlay: Annotated[
         Path | None, typer.Option(metavar="PATH", help="Also write the image with masks and prompts drawn.")
@@ -212,13 +223,11 @@ def segment(
     boxes = [parse_box(text) for text in box or []]
     if not points and not boxes:
         raise ValueError("no prompt: give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
-    if model is not None and checkpoint is not None:
-        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    name_or_path = model_source(model, checkpoint)
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output '{output}': masks are written as PNG, use a .png name")
     overlay_format = _image_format(overlay) if overlay is not None else None
     picture = open_image(image)
-    name_or_path = str(checkpoint) if checkpoint is not None else model
     sam = load_model(name_or_path, variant=variant, device=device)
 
     predictor = SamPredictor(sam)
@@ -348,6 +357,58 @@ def precompute_command(
 
     written = precompute(load_teacher(teacher, device), data, out, hflip)
     typer.echo(f"cache {out}: {written} embeddings written")
+
+
+@app.command("eval")
+def eval_command(
+    images: Annotated[Path, typer.Option(metavar="DIR", help="Image folder (COCO: val2017/; LVIS: the COCO root).")],
+    annotations: Annotated[Path, typer.Option(metavar="JSON", help="COCO or LVIS instances annotation file.")],
+    output: Annotated[Path, typer.Option(metavar="RESULTS.json", help="Results to write (+ a .md table beside).")],
+    dataset: Annotated[str, typer.Option(metavar="coco|lvis", help="Annotation format and AP tool.")] = "coco",
+    prompt: Annotated[
+        str, typer.Option(metavar="box|point|detector", help="GT boxes, simulated clicks, or detector boxes.")
+    ] = "box",
+    clicks: Annotated[int, typer.Option(metavar="K", help="Clicks per object with --prompt point.")] = 1,
+    detections: Annotated[
+        Path | None, typer.Option(metavar="JSON", help="Detector boxes (COCO results format) for --prompt detector.")
+    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="Torch device [default: cuda if available, else cpu].")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", help="Evaluate only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="B", help="Prompts per decoder call.")] = 64,
+    predictions: Annotated[
+        Path | None, typer.Option(metavar="JSON", help="Also write per-object IoUs / detections with masks.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Zero-shot COCO/LVIS evaluation with the paper's protocol; shard it with torchrun."""
+    from .distributed import init_distributed, shutdown_distributed
+    from .evaluation import EvalDataset, load_detections, run_evaluation
+    from .evaluation.report import summary_line, write_predictions, write_results
+    from .evaluation.runner import check_settings
+
+    name_or_path = model_source(model, checkpoint)
+    if output.suffix.lower() != ".json":
+        raise ValueError(f"--output '{output}': results are written as JSON, use a .json name")
+    check_settings(dataset, prompt, clicks, detections is not None, limit, batch_size)
+    data = EvalDataset(images, annotations, dataset)
+    grouped = load_detections(detections) if detections is not None else None
+    rank, _, torch_device = init_distributed(device)
+    sam = load_model(name_or_path, variant=variant, device=torch_device)
+    keep = predictions is not None
+    results = run_evaluation(sam, data, prompt, clicks, grouped, limit, batch_size, progress, keep)
+    if rank == 0:
+        results.update(model=name_or_path, variant=sam.variant)
+        if keep:
+            write_predictions(predictions, results.pop("predictions"))
+        json_path, table_path = write_results(output, results)
+        typer.echo(summary_line(results))
+        typer.echo(f"wrote {json_path} and {table_path}" + (f" and {predictions}" if keep else ""))
+    shutdown_distributed()
 
 
 def main() -> None:

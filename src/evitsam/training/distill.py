@@ -25,7 +25,7 @@ from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..weights import read_state_dict, save_safetensors
 from .config import DistillConfig
-from .loop import Process, batch_indices, build_model_for, check_run_folder, fit, init_distributed, split_indices
+from .loop import Process, batch_indices, build_model_for, check_run_folder, fit, split_indices, start_processes
 from .teacher import Teacher, load_teacher, match_grid
 
 MANIFEST = "manifest.json"
@@ -72,7 +72,7 @@ def precompute(teacher: Teacher, data: str | Path, out: str | Path, hflip: bool 
     Finished files are kept, so an interrupted run continues where it stopped; under torchrun the
     images are split across processes. Returns how many embeddings this process wrote.
     """
-    process = init_distributed()
+    process = start_processes()
     out = Path(out)
     dataset = open_dataset(data)
     manifest = {"teacher": teacher.name, "teacher_size": teacher.encoder_size, "dtype": "float16", "hflip": hflip}
@@ -174,7 +174,7 @@ def distill(
     stop_at: int | None = None,
 ) -> EfficientViTSam:
     """Train the student's image encoder on ``data``'s images; writes ``out/model.safetensors``."""
-    process: Process = init_distributed()
+    process: Process = start_processes()
     out = Path(out)
     check_run_folder(out, resume)
     dataset = open_dataset(data)

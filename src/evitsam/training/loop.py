@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed import init_distributed
 from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..variants import get_variant
@@ -43,17 +43,9 @@ class Process:
     device: torch.device
 
 
-def init_distributed() -> Process:
-    """This process's rank, the world size and device; starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return Process(rank, world, torch.device("cuda", local))
-    return Process(rank, world, torch.device("cpu"))
+def start_processes() -> Process:
+    """This process's rank, the world size and device (one GPU per process under torchrun)."""
+    return Process(*init_distributed())
 
 
 def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:

@@ -21,7 +21,7 @@ from ..data.sample import Sample, first_readable
 from ..models import EfficientViTSam
 from ..models.sam import PROMPT_FRAME
 from .config import TrainConfig
-from .loop import batch_indices, build_model_for, check_run_folder, fit, init_distributed, split_indices
+from .loop import batch_indices, build_model_for, check_run_folder, fit, split_indices, start_processes
 from .losses import mask_iou, sam_loss
 from .prompts import correction_clicks, jitter_boxes, sample_points
 
@@ -134,7 +134,7 @@ def train(
     after distillation). ``stop_at`` ends this invocation after that step with a checkpoint (the
     schedule still spans ``max_steps``), for time-boxed sessions that ``resume`` later.
     """
-    process = init_distributed()
+    process = start_processes()
     out = Path(out)
     check_run_folder(out, resume)
     dataset = open_dataset(data, max_masks=config.max_masks, seed=config.seed)
