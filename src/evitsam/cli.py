@@ -51,14 +51,23 @@ def _one_line(error: Exception) -> str:
     return text or type(error).__name__
 
 
-app = typer.Typer(
-    cls=_Group,
-    help="EfficientViT-SAM: fast promptable segmentation.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+def _command_group(help: str, **options: Any) -> typer.Typer:
+    """A command group whose errors go through :class:`_Group` (one line, exit code 2)."""
+    return typer.Typer(
+        cls=_Group, help=help, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None, **options
+    )
+
+
+app = _command_group("EfficientViT-SAM: fast promptable segmentation.", add_completion=False)
+
+# Options shared by the commands that load a model.
+ModelOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+]
+CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
+VariantOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+]
 
 
 # ---------------------------------------------------------------------------------------- prompts
@@ -192,15 +201,9 @@ def segment(
     box: Annotated[
         list[str] | None, typer.Option("--box", "-b", metavar="X0,Y0,X1,Y1", help="Box prompt; several: one mask each.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
     multimask: Annotated[bool, typer.Option(help="Ask for 3 masks per object and keep the best.")] = False,
     overlay: Annotated[
         Path | None, typer.Option(metavar="PATH", help="Also write the image with masks and prompts drawn.")
@@ -273,28 +276,16 @@ def _predictor(sam, runtime: str, precision: str, calibration: Path | None) -> S
     return predictor
 
 
-export_app = typer.Typer(
-    cls=_Group,
-    help="Write the model for other runtimes and tools.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+export_app = _command_group("Write the model for other runtimes and tools.")
 app.add_typer(export_app, name="export")
 
 
 @export_app.command("onnx")
 def export_onnx_command(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write.", show_default=False)],
-    model: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
     single_mask: Annotated[
         bool, typer.Option("--single-mask", help="Decoder returns SAM's best single mask instead of all four.")
     ] = False,

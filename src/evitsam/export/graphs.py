@@ -78,17 +78,21 @@ def prompt_frame_size(orig_im_size: torch.Tensor) -> torch.Tensor:
     return torch.floor(size * (PROMPT_FRAME / torch.max(size)) + 0.5).to(torch.int64)
 
 
-class SamDecoderGraph(nn.Module):
-    """SAM's ONNX decoder: outputs ``masks`` (logits at ``orig_im_size``), ``iou_predictions``, ``low_res_masks``.
-
-    ``single_mask=False`` returns all four outputs, as SAM's exported decoder does (tools pick by score).
-    """
+class _UpscalingDecoder(nn.Module):
+    """A prompt decoder whose masks come out at the original image size, one or several per prompt."""
 
     def __init__(self, model: EfficientViTSam, single_mask: bool) -> None:
         super().__init__()
         self.model = model
         self.decoder = PromptDecoderGraph(model)
         self.single_mask = single_mask
+
+
+class SamDecoderGraph(_UpscalingDecoder):
+    """SAM's ONNX decoder: outputs ``masks`` (logits at ``orig_im_size``), ``iou_predictions``, ``low_res_masks``.
+
+    ``single_mask=False`` returns all four outputs, as SAM's exported decoder does (tools pick by score).
+    """
 
     def forward(
         self,
@@ -105,18 +109,12 @@ class SamDecoderGraph(nn.Module):
         return upscale(self.model, low_res, orig_im_size), scores, low_res
 
 
-class BoxesDecoderGraph(nn.Module):
+class BoxesDecoderGraph(_UpscalingDecoder):
     """Detector boxes -> masks in one call: ``boxes`` (B, 4) XYXY in the 1024 frame, no other prompt.
 
     Outputs follow ``SamPredictor.predict_torch``: one mask per box (token 0) with ``single_mask``,
     else the three multimask outputs.
     """
-
-    def __init__(self, model: EfficientViTSam, single_mask: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.decoder = PromptDecoderGraph(model)
-        self.single_mask = single_mask
 
     def forward(
         self, image_embeddings: torch.Tensor, boxes: torch.Tensor, orig_im_size: torch.Tensor
