@@ -74,6 +74,32 @@ def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def preprocessing(predictor: SamPredictor, official, image: np.ndarray, repeats: int) -> dict:
+    """Image -> normalised, padded (1, 3, S, S) encoder input: official transform vs ours, before and now.
+
+    "before" is how ``set_image`` built its tensor until this change (a copy, then a uint8 NCHW copy);
+    "now" hands the encoder a channels-last view. Both feed the same PIL bilinear resize, so the
+    outputs must be identical to the bit, which is checked.
+    """
+    model = predictor.model
+
+    def before():
+        resized = predictor.transform.apply_image(image)
+        tensor = torch.tensor(resized).permute(2, 0, 1).contiguous()[None]
+        return model.preprocess(tensor.to(torch.float32))
+
+    def now():
+        resized = predictor.transform.apply_image(image)
+        return model.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].to(torch.float32))
+
+    fns = {"official": lambda: official.model.transform(image), "before": before, "now": now}
+    times = interleaved(fns, repeats)
+    official_input = official.model.transform(image)[None]
+    times["bit_exact"] = bool(torch.equal(before(), now()))
+    times["max_abs_diff_vs_official"] = float((now() - official_input).abs().max())
+    return times
+
+
 def object_prompts(annotations: list[dict]) -> list[dict]:
     """A box and a point (box centre) per annotated, non-crowd object."""
     prompts = []
@@ -157,6 +183,8 @@ def main() -> None:
         fns = {"official": lambda kw=kwargs: official.predict(**kw)}
         fns |= {name: (lambda p=p, kw=kwargs: p.predict(**kw)) for name, p in engines.items()}
         latency[op] = interleaved(fns, args.repeats)
+    with torch.inference_mode():
+        latency["preprocess"] = preprocessing(ours, official, image, args.repeats)
     print("accuracy on coco_subset...", file=sys.stderr, flush=True)
     reference = SamPredictor(model)
     quality = accuracy(reference, {k: v for k, v in engines.items() if k != "torch fp32"}, args.photos)
@@ -185,6 +213,12 @@ def main() -> None:
             f"| {runtime} | {precision} | {ms:.0f} | {ms / official_ms:.2f} | {latency['predict box x1'][name]:.1f} "
             f"| {latency['predict point x3'][name]:.1f} | {acc} |"
         )
+    pre = latency["preprocess"]
+    print(
+        f"\npre-processing (resize, normalise, pad) ms: official {pre['official']:.1f}, ours before "
+        f"{pre['before']:.1f}, ours now {pre['now']:.1f}; now == before bit for bit: {pre['bit_exact']}; "
+        f"max abs diff vs official input: {pre['max_abs_diff_vs_official']:.2e}"
+    )
     if args.json:
         result = dict(environment=env, latency_ms=latency, accuracy=quality, skipped=skipped, args=vars(args))
         args.json.write_text(json.dumps(result, indent=2, default=str))
