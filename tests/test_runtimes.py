@@ -129,6 +129,11 @@ def test_runtime_gives_the_torch_results(runtime, predictors, reference, expecte
         assert (want_masks.any() and not want_masks.all()) or name == "mask", f"{name}: a blank mask proves nothing"
         np.testing.assert_allclose(scores, want_scores, atol=1e-3, err_msg=name)
         assert np.abs(low_res - want_low).max() <= 1e-3 * np.abs(want_low).max(), name
+    if runtime == "openvino":  # a prompt shape seen again runs on a decoder compiled for it, same answers
+        again = predictor.predict(**cases["box"], multimask_output=False)
+        assert len(predictor.engine._static_decoders) == 1
+        np.testing.assert_array_equal(again[0], got["box"][0])
+        np.testing.assert_allclose(again[2], got["box"][2], atol=1e-5)
 
 
 def test_graphs_are_exported_once_per_set_of_weights(model, predictors, engine_cache, monkeypatch):

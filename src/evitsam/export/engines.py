@@ -12,6 +12,7 @@ percent of the work and reduced precision there costs mask quality.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -32,6 +33,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 # Bump when the graphs change, so stale cached exports are never reused.
 GRAPH_VERSION = 1
+MAX_STATIC_DECODERS = 8
 
 
 class PrecisionFallback(UserWarning):
@@ -159,9 +161,9 @@ def engine_dir(model: EfficientViTSam) -> Path:
     return cache_dir() / "engines" / f"{model.variant}-{weights_fingerprint(model)}"
 
 
-def cached_graphs(model: EfficientViTSam) -> tuple[Path, Path]:
+def cached_graphs(model: EfficientViTSam, folder: Path | None = None) -> tuple[Path, Path]:
     """(encoder.onnx, prompt_decoder.onnx) for these weights, exported on first use."""
-    folder = engine_dir(model)
+    folder = folder or engine_dir(model)
     encoder, decoder = folder / "encoder.onnx", folder / "prompt_decoder.onnx"
     if not encoder.is_file():
         export_encoder(model, encoder)
@@ -257,30 +259,53 @@ class OpenVinoEngine(_GraphEngine):
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             precision = _fallback(precision, "is not native on this CPU (OpenVINO reports no BF16)")
         self.precision = precision
+        folder = engine_dir(model)
         if precision == "int8":
             from .quantize import quantized_encoder, require_calibration
 
-            require_calibration(engine_dir(model), calibration)  # before the minutes an export may take
-            encoder_onnx, decoder_onnx = cached_graphs(model)
+            require_calibration(folder, calibration)  # before the minutes an export may take
+        encoder_onnx, decoder_onnx = cached_graphs(model, folder)
+        if precision == "int8":
             encoder = core.read_model(quantized_encoder(model, encoder_onnx, calibration))
         else:
-            encoder_onnx, decoder_onnx = cached_graphs(model)
             encoder = core.read_model(encoder_onnx)
         encoder.reshape({"input_image": [self.size, self.size, 3]})
         threads = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
         # int8 layers run int8 whatever the hint; the hint sets the precision of everything else.
         hint = "bf16" if precision == "bf16" else "f32"
-        self._encoder = core.compile_model(encoder, "CPU", {**threads, "INFERENCE_PRECISION_HINT": hint})
-        self._decoder = core.compile_model(decoder_onnx, "CPU", {**threads, "INFERENCE_PRECISION_HINT": "f32"})
-        self._encoder_request = self._encoder.create_infer_request()
-        self._decoder_request = self._decoder.create_infer_request()
+        self._core, self._decoder_config = core, {**threads, "INFERENCE_PRECISION_HINT": "f32"}
+        encoder_config = {**threads, "INFERENCE_PRECISION_HINT": hint}
+        self._encoder_request = core.compile_model(encoder, "CPU", encoder_config).create_infer_request()
+        self._decoder_model = core.read_model(decoder_onnx)
+        compiled = core.compile_model(self._decoder_model, "CPU", self._decoder_config)
+        self._decoder_request = compiled.create_infer_request()
+        self._static_decoders: dict[tuple, object] = {}
+        self._shapes_seen: collections.Counter = collections.Counter()
 
     def _run_encoder(self, image: np.ndarray) -> np.ndarray:
         return self._encoder_request.infer({"input_image": image})[0]
 
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        outputs = self._decoder_request.infer(feeds)
+        outputs = self._decoder_for(feeds).infer(feeds)
         return outputs["low_res_masks"], outputs["iou_predictions"]
+
+    def _decoder_for(self, feeds: dict[str, np.ndarray]):
+        """The dynamic-shape decoder, or one compiled for these exact shapes once they recur.
+
+        A static decoder runs about 30 % faster; compiling one takes a fraction of a second, so it is only
+        done for shapes seen twice (repeated prompts, the automatic mask generator's batches), up to a few.
+        """
+        key = tuple((name, value.shape) for name, value in sorted(feeds.items()))
+        if key in self._static_decoders:
+            return self._static_decoders[key]
+        self._shapes_seen[key] += 1
+        if self._shapes_seen[key] < 2 or len(self._static_decoders) >= MAX_STATIC_DECODERS:
+            return self._decoder_request
+        model = self._decoder_model.clone()
+        model.reshape({name: list(shape) for name, shape in key})
+        request = self._core.compile_model(model, "CPU", self._decoder_config).create_infer_request()
+        self._static_decoders[key] = request
+        return request
 
 
 def describe(engine) -> str:
