@@ -308,11 +308,6 @@ class OpenVinoEngine(_GraphEngine):
         return request
 
 
-def describe(engine) -> str:
-    """``runtime/precision`` as the engine actually runs (after any fallback)."""
-    return f"{engine.runtime}/{engine.precision}"
-
-
 __all__ = [
     "PRECISIONS",
     "RUNTIMES",
