@@ -172,31 +172,32 @@ def cached_graphs(model: EfficientViTSam, folder: Path | None = None) -> tuple[P
     return encoder, decoder
 
 
-class _GraphEngine:
-    """Shared by the ONNX-based engines: a square, mean-padded encoder input and SAM-convention decoding.
+def mean_padded(image: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, 3) 0-255 image, long side ``size`` -> (size, size, 3) float32 padded with the pixel mean.
 
-    Padding the 0-255 image with the pixel mean normalises to exactly 0, which is what the model's
-    zero padding after normalisation gives; a fixed S x S input lets the runtimes plan for one shape.
+    The pixel mean normalises to exactly 0, which is what the model's zero padding after normalisation
+    gives; a fixed square input lets the runtimes plan (and int8 calibrate) for one shape.
     """
+    canvas = np.empty((size, size, 3), dtype=np.float32)
+    canvas[...] = np.asarray(PIXEL_MEAN, dtype=np.float32)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    return canvas
+
+
+class _GraphEngine:
+    """Shared by the ONNX-based engines: the square encoder input and SAM-convention decoding."""
 
     runtime = ""
 
     def __init__(self, model: EfficientViTSam) -> None:
         self.model = model
         self.size = model.encoder_size
-        self._canvas = np.empty((self.size, self.size, 3), dtype=np.float32)
-
-    def _input_image(self, images: torch.Tensor) -> np.ndarray:
-        if images.ndim != 4 or images.shape[:2] != (1, 3):
-            raise ValueError(f"images must be shaped (1, 3, h, w), got {tuple(images.shape)}")
-        h, w = images.shape[2:]
-        canvas = self._canvas
-        canvas[...] = np.asarray(PIXEL_MEAN, dtype=np.float32)
-        canvas[:h, :w] = images[0].permute(1, 2, 0).to("cpu", torch.float32).numpy()
-        return canvas
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._run_encoder(self._input_image(images)), copy=True))
+        if images.ndim != 4 or images.shape[:2] != (1, 3):
+            raise ValueError(f"images must be shaped (1, 3, h, w), got {tuple(images.shape)}")
+        image = mean_padded(images[0].permute(1, 2, 0).to("cpu", torch.float32).numpy(), self.size)
+        return torch.from_numpy(np.array(self._run_encoder(image), copy=True))
 
     def decode(self, embeddings, point_coords, point_labels, boxes, mask_input, multimask_output: bool):
         if point_coords is None and boxes is None:

@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 from ..models import EfficientViTSam
-from ..models.sam import PIXEL_MEAN
 from ..transforms import SamTransform, as_rgb_uint8
 
 INT8_FILE = "encoder_int8.xml"
@@ -50,15 +49,10 @@ def calibration_images(source: str | os.PathLike | list) -> list[np.ndarray]:
 
 def encoder_inputs(model: EfficientViTSam, images: list[np.ndarray]) -> list[np.ndarray]:
     """Each photo as the square, mean-padded ``input_image`` the engines feed the encoder."""
+    from .engines import mean_padded
+
     transform = SamTransform(model.encoder_size)
-    inputs = []
-    for image in images:
-        resized = transform.apply_image(image)
-        canvas = np.empty((model.encoder_size, model.encoder_size, 3), dtype=np.float32)
-        canvas[...] = np.asarray(PIXEL_MEAN, dtype=np.float32)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
-        inputs.append(canvas)
-    return inputs
+    return [mean_padded(transform.apply_image(image), model.encoder_size) for image in images]
 
 
 def quantize_encoder(model: EfficientViTSam, encoder_onnx: Path, images: list[np.ndarray], target: Path) -> Path:
