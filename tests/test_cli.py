@@ -94,6 +94,8 @@ def test_point_prompt_writes_the_predictor_mask(checkpoint, photo, reference, tm
         "image": str(photo),
         "model": str(checkpoint),
         "variant": "l0",
+        "runtime": "torch",
+        "precision": "fp32",
         "masks": [
             {
                 "file": str(out),

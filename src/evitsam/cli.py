@@ -1,4 +1,4 @@
-"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints, train, evaluate.
+"""The ``evitsam`` command: segment, convert and export checkpoints, distil, train, evaluate.
 
 The CLI is a thin layer over the public API (``load_model``, ``SamPredictor``,
 ``convert_checkpoint``). The library already raises ``ValueError``/``FileNotFoundError`` with
@@ -51,14 +51,23 @@ def _one_line(error: Exception) -> str:
     return text or type(error).__name__
 
 
-app = typer.Typer(
-    cls=_Group,
-    help="EfficientViT-SAM: fast promptable segmentation.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+def _command_group(help: str, **options: Any) -> typer.Typer:
+    """A command group whose errors go through :class:`_Group` (one line, exit code 2)."""
+    return typer.Typer(
+        cls=_Group, help=help, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None, **options
+    )
+
+
+app = _command_group("EfficientViT-SAM: fast promptable segmentation.", add_completion=False)
+
+# Options shared by the commands that load a model.
+ModelOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+]
+CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
+VariantOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+]
 
 
 # ---------------------------------------------------------------------------------------- prompts
@@ -217,24 +226,36 @@ def segment(
         Path | None, typer.Option(metavar="PATH", help="Also write the image with masks and prompts drawn.")
     ] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    runtime: Annotated[
+        str, typer.Option(metavar="NAME", help="Engine: torch, onnxruntime or openvino (CPU, fastest).")
+    ] = "torch",
+    precision: Annotated[
+        str, typer.Option(metavar="NAME", help="fp32, bf16 (CPUs with AVX512-BF16/AMX) or int8 (openvino).")
+    ] = "fp32",
+    calibration: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Photos to calibrate int8 on (once per set of weights).")
+    ] = None,
 ) -> None:
     """Segment IMAGE from point and/or box prompts and write the mask(s) as PNG."""
+    from .export.engines import check_options
+
     points = [parse_point(text) for text in point or []]
     boxes = [parse_box(text) for text in box or []]
     if not points and not boxes:
         raise ValueError("no prompt: give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
-    name_or_path = model_source(model, checkpoint)
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output '{output}': masks are written as PNG, use a .png name")
+    check_options(runtime, precision)
     overlay_format = _image_format(overlay) if overlay is not None else None
     picture = open_image(image)
-    sam = load_model(name_or_path, variant=variant, device=device)
+    name_or_path, sam = _load(model, checkpoint, variant, device)
 
-    predictor = SamPredictor(sam)
+    predictor = _predictor(sam, runtime, precision, calibration)
     predictor.set_image(picture)
     results = predict_masks(predictor, points, boxes, multimask)
 
-    summary: dict[str, Any] = {"image": str(image), "model": name_or_path, "variant": sam.variant, "masks": []}
+    summary: dict[str, Any] = {"image": str(image), "model": name_or_path, "variant": sam.variant}
+    summary.update(runtime=predictor.runtime, precision=predictor.precision, masks=[])
     for path, (mask, score) in zip(mask_paths(output, len(results)), results, strict=True):
         save_image(Image.fromarray(mask.astype(np.uint8) * 255), path, "PNG")
         summary["masks"].append(
@@ -244,6 +265,55 @@ def segment(
         drawn = render_overlay(picture, [mask for mask, _ in results], points, boxes)
         save_image(drawn, overlay, overlay_format)
     summary["overlay"] = str(overlay) if overlay is not None else None
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _load(model: str | None, checkpoint: Path | None, variant: str | None, device: str = "cpu"):
+    """(name or path, model) from the --model / --checkpoint / --variant options."""
+    name_or_path = model_source(model, checkpoint)
+    return name_or_path, load_model(name_or_path, variant=variant, device=device)
+
+
+def _predictor(sam, runtime: str, precision: str, calibration: Path | None) -> SamPredictor:
+    """A predictor whose precision fallback (if any) is reported as one ``notice:`` line on stderr."""
+    import warnings
+
+    from .export.engines import PrecisionFallback
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PrecisionFallback)
+        predictor = SamPredictor(sam, runtime=runtime, precision=precision, calibration=calibration)
+    for warning in caught:
+        if issubclass(warning.category, PrecisionFallback):
+            typer.echo(f"notice: {warning.message}", err=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return predictor
+
+
+export_app = _command_group("Write the model for other runtimes and tools.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write.", show_default=False)],
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
+    single_mask: Annotated[
+        bool, typer.Option("--single-mask", help="Decoder returns SAM's best single mask instead of all four.")
+    ] = False,
+) -> None:
+    """Write encoder.onnx, decoder.onnx (SAM's signature), decoder_boxes.onnx and config.yaml into DIR."""
+    from .export import export_onnx
+
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output '{output}': expected a folder, found a file")
+    name_or_path, sam = _load(model, checkpoint, variant)
+    paths = export_onnx(sam, output, single_mask=single_mask)
+    summary = {"model": name_or_path, "variant": sam.variant, "single_mask": single_mask}
+    summary["files"] = {key: str(path) for key, path in paths.items()}
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -8,6 +8,8 @@ names the argument, instead of an obscure error deep inside the decoder.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image
@@ -88,16 +90,39 @@ def _as_array(name: str, value, form: str) -> np.ndarray:
 class SamPredictor:
     """Drop-in for ``segment_anything.SamPredictor`` on an :class:`EfficientViTSam` model."""
 
-    def __init__(self, sam_model: EfficientViTSam) -> None:
+    def __init__(
+        self,
+        sam_model: EfficientViTSam,
+        runtime: str = "torch",
+        precision: str = "fp32",
+        calibration: str | os.PathLike | list | None = None,
+    ) -> None:
+        """``runtime`` "torch" | "onnxruntime" | "openvino" and ``precision`` "fp32" | "bf16" | "int8" choose
+        the engine that runs the encoder and decoder (see ``evitsam.export.engines``); the API and the
+        post-processing are the same for all. ``calibration`` (a folder or a list of photos) is needed
+        once per set of weights for int8.
+        """
         if not isinstance(sam_model, EfficientViTSam):
             raise ValueError(f"sam_model must be an EfficientViTSam, got {type(sam_model).__name__}")
+        from .export.engines import make_engine  # ONNX-based engines load their runtimes only when chosen
+
         self.model = sam_model
         self.transform = SamTransform(sam_model.encoder_size)
+        self.engine = make_engine(sam_model, runtime, precision, calibration)
         self.reset_image()
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def runtime(self) -> str:
+        return self.engine.runtime
+
+    @property
+    def precision(self) -> str:
+        """The precision the encoder actually runs in (fp32 after a fallback)."""
+        return self.engine.precision
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
@@ -112,8 +137,10 @@ class SamPredictor:
         """Embed an HxWx3 uint8 image (PIL, grayscale and RGBA accepted; see ``as_rgb_uint8``)."""
         image = as_rgb_uint8(image, image_format)
         resized = self.transform.apply_image(image)
-        tensor = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        self.set_torch_image(tensor, image.shape[:2])
+        if not resized.flags.writeable:  # only when no resize was needed; torch wants writable memory
+            resized = resized.copy()
+        # A channels-last view, no copy: the encoder wants that layout anyway (copying to NCHW uint8 cost 20 ms).
+        self.set_torch_image(torch.from_numpy(resized).permute(2, 0, 1)[None], image.shape[:2])
 
     @torch.inference_mode()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
@@ -133,8 +160,7 @@ class SamPredictor:
         self.input_size = get_preprocess_shape(*self.original_size, PROMPT_FRAME)
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
-        input_image = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        self.features = self.model.encode(input_image)
+        self.features = self.engine.embed(transformed_image)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -218,7 +244,7 @@ class SamPredictor:
         """
         self._require_image()
         validate_prompts(point_coords, point_labels, boxes, mask_input, self.model.low_res_size)
-        low_res, scores = self.model.decode(
+        low_res, scores = self.engine.decode(
             self.features, point_coords, point_labels, boxes, mask_input, multimask_output
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)

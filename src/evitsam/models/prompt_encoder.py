@@ -78,7 +78,11 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the image embedding grid, shaped (1, C, 64, 64)."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
-    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+    def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """(B, N, 2) points with labels -1..3 (SAM's ONNX convention) -> (B, N [+1], C) tokens.
+
+        ``pad`` appends SAM's not-a-point token; without a box the decoder was trained with it.
+        """
         points = points + 0.5  # pixel centres
         if pad:
             points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
@@ -119,7 +123,7 @@ class PromptEncoder(nn.Module):
         device = self.no_mask_embed.weight.device
         sparse = [torch.empty((batch, 0, self.embed_dim), device=device)]
         if points is not None:
-            sparse.append(self._embed_points(points[0], points[1], pad=boxes is None))
+            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
         sparse_embeddings = torch.cat(sparse, dim=1)
