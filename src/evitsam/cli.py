@@ -1,4 +1,4 @@
-"""The ``evitsam`` command: segment, convert and export checkpoints, distil, train, evaluate.
+"""The ``evitsam`` command: segment, convert and export checkpoints, make data, distil, train, evaluate.
 
 The CLI is a thin layer over the public API (``load_model``, ``SamPredictor``,
 ``convert_checkpoint``). The library already raises ``ValueError``/``FileNotFoundError`` with
@@ -479,6 +479,32 @@ def eval_command(
         typer.echo(summary_line(results))
         typer.echo(f"wrote {json_path} and {table_path}" + (f" and {predictions}" if keep else ""))
     shutdown_distributed()
+
+
+data_app = typer.Typer(cls=_Group, help="Training data.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def synth_command(
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Dataset folder to write or complete (COCO layout).")],
+    images: Annotated[int, typer.Option(metavar="N", help="Number of generated scenes.")],
+    seed: Annotated[
+        int, typer.Option(metavar="S", help="Scene i depends only on (S, i); another S, other scenes.")
+    ] = 0,
+    size: Annotated[int, typer.Option(metavar="PIXELS", help="Long side of every image.")] = 512,
+    coco: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="COCO train folder: photos for backgrounds and cut-outs.")
+    ] = None,
+    real: Annotated[bool, typer.Option(help="Also list the --coco photos themselves, as they are.")] = False,
+    min_area: Annotated[int, typer.Option(metavar="PIXELS", help="Drop objects less visible than this.")] = 64,
+    workers: Annotated[int, typer.Option(metavar="N", help="Processes drawing in parallel.")] = 1,
+) -> None:
+    """Generate synthetic training scenes with exact masks (resumable; never from val2017)."""
+    from .data.synthetic import generate
+
+    summary = generate(out, images, seed=seed, size=size, coco=coco, real=real, min_area=min_area, workers=workers)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def main() -> None:
