@@ -2,8 +2,9 @@
 
 Images are dealt to ranks round-robin (rank r takes images r, r + W, ...), each rank runs the
 protocol on its share, and the per-object records are gathered and put back in dataset order,
-so the numbers are those of a single process. (The official script pads its sampler, which
-evaluates a few images twice when the image count is not a multiple of the world size.)
+so the numbers are those of a single process on the same device and thread count. (The official
+script pads its sampler, which evaluates a few images twice when the image count is not a
+multiple of the world size.)
 """
 
 from __future__ import annotations
