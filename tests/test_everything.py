@@ -11,13 +11,19 @@ mask and IoU heads so that a realistic share of masks passes (same change on bot
 from __future__ import annotations
 
 import functools
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import load_photo, randomize_
+from PIL import Image
+from typer.testing import CliRunner
 
 from evitsam import MaskGenerator, SamPredictor, build_model
+from evitsam.cli import app
 from evitsam.masks import decode_rle, encode_rle, masks_to_boxes, uncompressed_rle
 
 official_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="install the [test] extra")
@@ -175,3 +181,87 @@ def test_bad_parameters_are_named(kwargs, message):
         MaskGenerator(tiny_predictor(), **kwargs)
     with pytest.raises(ValueError, match="model must be an EfficientViTSam or a SamPredictor"):
         MaskGenerator("l0")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(tiny_predictor().model.state_dict(), path)
+    return path
+
+
+def run_cli(*args: object):
+    return CliRunner().invoke(app, ["everything", *map(str, args)])
+
+
+def test_cli_folder_writes_sam_records_skips_bad_files_and_resumes(tiny_checkpoint, shared_data, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("evit_cat.jpg", "dog.jpg"):
+        shutil.copy(shared_data / "images" / name, photos / name)
+    (photos / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = (photos, "--output", out, "--checkpoint", tiny_checkpoint, "--points-per-side", 2, "--overlay")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "warning: skipping" in result.stderr and "broken.png" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["failed"] == ["broken.png"] and summary["skipped"] == []
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dog.json", "dog_overlay.jpg", "evit_cat.json", "evit_cat_overlay.jpg"
+    ]  # fmt: skip
+
+    image = load_photo("evit_cat.jpg")
+    expected = MaskGenerator(tiny_predictor(), points_per_side=2, output_mode="coco_rle").generate(image)
+    written = json.loads((out / "evit_cat.json").read_text())
+    assert written["image"] == {"file_name": "evit_cat.jpg", "height": 480, "width": 640}
+    assert len(written["annotations"]) == len(expected) > 0
+    for got, want in zip(written["annotations"], expected):
+        assert got["point_coords"] == want["point_coords"] and got["bbox"] == want["bbox"]
+        agreement = (decode_rle([got["segmentation"]]) == decode_rle([want["segmentation"]])).mean()
+        assert agreement >= PIXEL_AGREEMENT
+    with Image.open(out / "evit_cat_overlay.jpg") as overlay:
+        assert overlay.size == (640, 480)
+        assert np.abs(np.asarray(overlay).astype(int) - image).mean() > 5, "no masks drawn"
+
+    # Resume: finished images are not redone; an image without its masks file is.
+    stamp = (out / "evit_cat.json").stat().st_mtime_ns
+    (out / "dog.json").unlink()
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["skipped"] == ["evit_cat.jpg"] and [d["image"] for d in summary["done"]] == ["dog.jpg"]
+    assert (out / "evit_cat.json").stat().st_mtime_ns == stamp
+    assert (out / "dog.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_cli_png_format_writes_one_png_per_mask(tiny_checkpoint, shared_data, tmp_path):
+    photo = shared_data / "images" / "evit_cat.jpg"
+    result = run_cli(photo, "-o", tmp_path, "--checkpoint", tiny_checkpoint, "--points-per-side", 2, "--format", "png")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "evit_cat" / "masks.json").read_text())
+    assert meta["annotations"] and all("segmentation" not in a for a in meta["annotations"])
+    for record in meta["annotations"]:
+        with Image.open(tmp_path / "evit_cat" / record["file"]) as png:
+            mask = np.asarray(png)
+        assert mask.shape == (480, 640) and set(np.unique(mask)) <= {0, 255}
+        assert int((mask > 0).sum()) == record["area"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jpg", "-o", "out"], "missing.jpg"),
+        (["{photo}", "-o", "out", "--format", "tiff"], "--format 'tiff': expected one of coco, json, png"),
+        (["{photo}", "-o", "out", "--model", "l0", "--checkpoint", "x.pt"], "mutually exclusive"),
+        (["{empty}", "-o", "out"], "no image files in folder"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, shared_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(photo=shared_data / "images" / "evit_cat.jpg", empty=tmp_path / "empty") for a in args]
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

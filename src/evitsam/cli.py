@@ -1,4 +1,4 @@
-"""The ``evitsam`` command: segment an image from point/box prompts, convert checkpoints.
+"""The ``evitsam`` command: segment an image from prompts or everything in it, convert checkpoints.
 
 The CLI is a thin layer over the public API (``load_model``, ``SamPredictor``,
 ``convert_checkpoint``). The library already raises ``ValueError``/``FileNotFoundError`` with
@@ -236,6 +236,53 @@ def segment(
         save_image(drawn, overlay, overlay_format)
     summary["overlay"] = str(overlay) if overlay is not None else None
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def everything(
+    source: Annotated[
+        Path, typer.Argument(metavar="IMAGE_OR_FOLDER", help="An image, or a folder of images.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the masks files.", show_default=False)
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="coco|json|png", help="COCO RLE JSON, uncompressed-RLE JSON, or PNGs.")
+    ] = "coco",
+    overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg with the masks in colour.")] = False,
+    model: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+    ] = None,
+    points_per_side: Annotated[int, typer.Option(metavar="N", help="Grid of N x N point prompts.")] = 32,
+    sampling: Annotated[
+        str, typer.Option(metavar="grid|coverage", help="coverage: skip points inside kept masks (faster).")
+    ] = "grid",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Segment everything in IMAGE_OR_FOLDER: SAM's mask records per image, resumable for folders."""
+    from .everything import MaskGenerator
+    from .everything_io import FORMATS, image_files, segment_everything
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
+    if model is not None and checkpoint is not None:
+        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output '{output}' exists and is not a folder")
+    files = image_files(source)
+    if source.is_file():
+        open_image(source)  # a single unreadable image is an error, not a warning
+    name_or_path = str(checkpoint) if checkpoint is not None else model
+    sam = load_model(name_or_path, variant=variant, device=device)
+    generator = MaskGenerator(sam, points_per_side=points_per_side, sampling=sampling)
+    summary = segment_everything(generator, files, output, fmt, overlay, open_image=open_image)
+    typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | summary, indent=2))
 
 
 @app.command()
