@@ -133,9 +133,9 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
         b, n, _ = state.image_tokens.shape
         h, w = state.size
-        x = state.image_tokens @ _pixel_linear(conv1.weight) + conv1.bias.repeat(4)
+        x = torch.addmm(conv1.bias.repeat(4), state.image_tokens.reshape(b * n, -1), _pixel_linear(conv1.weight))
         x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
-        x = act2(x.view(b, n * 4, -1) @ _pixel_linear(conv2.weight) + conv2.bias.repeat(4))
+        x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
         masks = x.view(b, n * 16, -1) @ hyper_in.transpose(1, 2)  # (B, pixels, K), pixels in (y, x, dy1, dx1, dy2, dx2)
         masks = masks.view(b, h, w, 2, 2, 2, 2, len(indices)).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, len(indices), 4 * h, 4 * w)
