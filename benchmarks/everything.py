@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGenerator
-from latency import build_pair, environment, timed
+from latency import add_common_arguments, build_pair, environment, parse_common_arguments, timed
 from PIL import Image
 
 from evitsam import MaskGenerator
@@ -81,7 +81,9 @@ def alternate(fns: dict, repeats: int) -> dict:
 def bench_grid(ours, official, image: np.ndarray, side: int, repeats: int) -> list[dict]:
     ours_gen = MaskGenerator(ours, points_per_side=side)
     official_gen = EfficientViTSamAutomaticMaskGenerator(official.model, points_per_side=side)
-    runs = alternate({"ours": lambda: ours_gen.generate(image), "official": lambda: official_gen.generate(image)}, repeats)
+    runs = alternate(
+        {"ours": lambda: ours_gen.generate(image), "official": lambda: official_gen.generate(image)}, repeats
+    )
     o, f = runs["ours"], runs["official"]
     row = dict(grid=f"{side}x{side}", mode="default settings", repeats=repeats)
     row.update(ours_s=statistics.median(o["s"]), official_s=statistics.median(f["s"]))
@@ -90,7 +92,9 @@ def bench_grid(ours, official, image: np.ndarray, side: int, repeats: int) -> li
     row.update(ours_masks=len(o["out"]), official_masks=len(f["out"]), same_masks=same_kept_set(o["out"], f["out"]))
 
     coverage_gen = MaskGenerator(ours, points_per_side=side, sampling="coverage")
-    cov = alternate({"coverage": lambda: coverage_gen.generate(image), "grid": lambda: ours_gen.generate(image)}, repeats)
+    cov = alternate(
+        {"coverage": lambda: coverage_gen.generate(image), "grid": lambda: ours_gen.generate(image)}, repeats
+    )
     fast = dict(grid=f"{side}x{side}", mode="ours, sampling=coverage vs ours full grid", repeats=repeats)
     fast.update(ours_s=statistics.median(cov["coverage"]["s"]), official_s=statistics.median(cov["grid"]["s"]))
     fast.update(speedup=fast["official_s"] / fast["ours_s"], ours_all_s=cov["coverage"]["s"])
@@ -101,13 +105,15 @@ def bench_grid(ours, official, image: np.ndarray, side: int, repeats: int) -> li
 
 
 def table_line(r: dict) -> str:
-    extra = f"same kept set: {r['same_masks']}" if "same_masks" in r else (
-        f"recall {r['recall']:.3f}, {r['points_decoded']} of {int(r['grid'].split('x')[0]) ** 2} points decoded"
+    extra = (
+        f"same kept set: {r['same_masks']}"
+        if "same_masks" in r
+        else (f"recall {r['recall']:.3f}, {r['points_decoded']} of {int(r['grid'].split('x')[0]) ** 2} points decoded")
     )
     return (
         f"| {r['grid']} | {r['mode']} | {r['ours_s']:.1f} | {r['official_s']:.1f} | {r['speedup']:.2f}x | "
-        f"{r['ours_peak_rss_mib']:.0f} / {r['official_peak_rss_mib']:.0f} | {r['ours_masks']} / {r['official_masks']} | "
-        f"{extra} |"
+        f"{r['ours_peak_rss_mib']:.0f} / {r['official_peak_rss_mib']:.0f} | "
+        f"{r['ours_masks']} / {r['official_masks']} | {extra} |"
     )
 
 
@@ -125,17 +131,8 @@ def markdown(rows: list[dict], env: dict, image: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", nargs="+", type=int, default=[16, 32])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if not args.image.is_file():
-        parser.error(f"--image: no such file {args.image}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    add_common_arguments(parser, repeats=3, image=DEFAULT_IMAGE)
+    args = parse_common_arguments(parser)
     ours, official = build_pair("l0")
     scale_heads_(ours.model)
     scale_heads_(official.model)

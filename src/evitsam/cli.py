@@ -177,6 +177,24 @@ def open_image(path: Path) -> Image.Image:
 
 
 # --------------------------------------------------------------------------------------- commands
+# The model options every command that runs the model takes.
+ModelOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+]
+CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
+VariantOption = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
+]
+DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")]
+
+
+def check_model_options(model: str | None, checkpoint: Path | None) -> str | None:
+    """The name or path to load (cheap check, before anything is read)."""
+    if model is not None and checkpoint is not None:
+        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    return str(checkpoint) if checkpoint is not None else model
+
+
 @app.command()
 def segment(
     image: Annotated[
@@ -192,33 +210,25 @@ def segment(
     box: Annotated[
         list[str] | None, typer.Option("--box", "-b", metavar="X0,Y0,X1,Y1", help="Box prompt; several: one mask each.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
     multimask: Annotated[bool, typer.Option(help="Ask for 3 masks per object and keep the best.")] = False,
     overlay: Annotated[
         Path | None, typer.Option(metavar="PATH", help="Also write the image with masks and prompts drawn.")
     ] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Segment IMAGE from point and/or box prompts and write the mask(s) as PNG."""
     points = [parse_point(text) for text in point or []]
     boxes = [parse_box(text) for text in box or []]
     if not points and not boxes:
         raise ValueError("no prompt: give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
-    if model is not None and checkpoint is not None:
-        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    name_or_path = check_model_options(model, checkpoint)
     if output.suffix.lower() != ".png":
         raise ValueError(f"--output '{output}': masks are written as PNG, use a .png name")
     overlay_format = _image_format(overlay) if overlay is not None else None
     picture = open_image(image)
-    name_or_path = str(checkpoint) if checkpoint is not None else model
     sam = load_model(name_or_path, variant=variant, device=device)
 
     predictor = SamPredictor(sam)
@@ -250,20 +260,14 @@ def everything(
         str, typer.Option("--format", metavar="coco|json|png", help="COCO RLE JSON, uncompressed-RLE JSON, or PNGs.")
     ] = "coco",
     overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg with the masks in colour.")] = False,
-    model: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
-    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
     points_per_side: Annotated[int, typer.Option(metavar="N", help="Grid of N x N point prompts.")] = 32,
     sampling: Annotated[
         str, typer.Option(metavar="grid|coverage", help="coverage: skip points inside kept masks (faster).")
     ] = "grid",
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Segment everything in IMAGE_OR_FOLDER: SAM's mask records per image, resumable for folders."""
     from .everything import MaskGenerator
@@ -271,14 +275,12 @@ def everything(
 
     if fmt not in FORMATS:
         raise ValueError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
-    if model is not None and checkpoint is not None:
-        raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    name_or_path = check_model_options(model, checkpoint)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output '{output}' exists and is not a folder")
     files = image_files(source)
     if source.is_file():
         open_image(source)  # a single unreadable image is an error, not a warning
-    name_or_path = str(checkpoint) if checkpoint is not None else model
     sam = load_model(name_or_path, variant=variant, device=device)
     generator = MaskGenerator(sam, points_per_side=points_per_side, sampling=sampling)
     summary = segment_everything(generator, files, output, fmt, overlay, open_image=open_image)
