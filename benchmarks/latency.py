@@ -162,14 +162,15 @@ def markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(header + [table_line(r) for r in rows])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+def add_common_arguments(parser: argparse.ArgumentParser, repeats: int, image: Path) -> None:
+    """--repeats, --image, --threads and --json, shared by the benchmarks."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--image", type=Path, default=image)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--batch-variants", nargs="*", choices=VARIANTS, help="default: l0 if chosen, else all chosen")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def parse_common_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -177,6 +178,15 @@ def main() -> None:
         parser.error(f"--image: no such file {args.image}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--batch-variants", nargs="*", choices=VARIANTS, help="default: l0 if chosen, else all chosen")
+    add_common_arguments(parser, repeats=10, image=DEFAULT_IMAGE)
+    args = parse_common_arguments(parser)
     if args.batch_variants is not None:
         batch_variants = set(args.batch_variants)
     else:  # l0 when it is chosen, otherwise every chosen variant

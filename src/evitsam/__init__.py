@@ -1,5 +1,6 @@
 """evitsam: fast promptable segmentation with EfficientViT-SAM."""
 
+from .everything import MaskGenerator
 from .models import EfficientViTSam
 from .predictor import SamPredictor
 from .variants import VARIANTS, build_model, get_variant
@@ -9,6 +10,7 @@ __all__ = [
     "VARIANTS",
     "CheckpointError",
     "EfficientViTSam",
+    "MaskGenerator",
     "SamPredictor",
     "build_model",
     "convert_checkpoint",

@@ -194,6 +194,7 @@ CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Che
 VariantOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
 ]
+DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")]
 
 
 def model_source(model: str | None, checkpoint: Path | None) -> str | None:
@@ -315,6 +316,45 @@ def export_onnx_command(
     summary = {"model": name_or_path, "variant": sam.variant, "single_mask": single_mask}
     summary["files"] = {key: str(path) for key, path in paths.items()}
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def everything(
+    source: Annotated[
+        Path, typer.Argument(metavar="IMAGE_OR_FOLDER", help="An image, or a folder of images.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the masks files.", show_default=False)
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="coco|json|png", help="COCO RLE JSON, uncompressed-RLE JSON, or PNGs.")
+    ] = "coco",
+    overlay: Annotated[bool, typer.Option(help="Also write NAME_overlay.jpg with the masks in colour.")] = False,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    variant: VariantOption = None,
+    points_per_side: Annotated[int, typer.Option(metavar="N", help="Grid of N x N point prompts.")] = 32,
+    sampling: Annotated[
+        str, typer.Option(metavar="grid|coverage", help="coverage: skip points inside kept masks (faster).")
+    ] = "grid",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Segment everything in IMAGE_OR_FOLDER: SAM's mask records per image, resumable for folders."""
+    from .everything import MaskGenerator
+    from .everything_io import FORMATS, image_files, segment_everything
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
+    name_or_path = model_source(model, checkpoint)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output '{output}' exists and is not a folder")
+    files = image_files(source)
+    if source.is_file():
+        open_image(source)  # a single unreadable image is an error, not a warning
+    sam = load_model(name_or_path, variant=variant, device=device)
+    generator = MaskGenerator(sam, points_per_side=points_per_side, sampling=sampling)
+    summary = segment_everything(generator, files, output, fmt, overlay, open_image=open_image)
+    typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | summary, indent=2))
 
 
 @app.command()

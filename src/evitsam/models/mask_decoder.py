@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .blocks import LayerNorm2d
 from .transformer import TwoWayTransformer
+
+
+class DecoderState(NamedTuple):
+    """What the transformer leaves for the output heads: tokens (B, T, C), image tokens (B, h*w, C)."""
+
+    tokens: torch.Tensor
+    image_tokens: torch.Tensor
+    size: tuple[int, int]
 
 
 class MLP(nn.Module):
@@ -64,11 +74,13 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image_embeddings`` is (1, C, h, w) shared by all prompts, or one per prompt."""
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
+        state = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        return self.outputs(state, multimask_output)
+
+    def outputs(self, state: DecoderState, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's selection: the three multimask tokens, or the single-mask token 0."""
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou_pred[:, selected]
+        return self.mask_logits(state, selected), self.predict_iou(state)[:, selected]
 
     def predict_masks(
         self,
@@ -78,23 +90,57 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All four mask-token outputs: logits (B, 4, 4h, 4w) and IoU predictions (B, 4)."""
+        state = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        return self.mask_logits(state), self.predict_iou(state)
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> DecoderState:
+        """The two-way transformer: the expensive half, shared by IoU and mask outputs.
+
+        The image side is never repeated per prompt: with one embedding and no mask prompt
+        (dense embeddings of batch 1), the first layer's image projections run once for all
+        prompts and broadcast, instead of once per prompt.
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] not in (1, batch):
+            raise ValueError(f"image embeddings must have batch 1 or {batch} (one per prompt), got {src.shape[0]}")
+        h, w = src.shape[-2:]
+        hs, image_tokens = self.transformer(src, image_pe, tokens)
+        return DecoderState(hs, image_tokens.expand(batch, -1, -1), (h, w))
 
-        src = image_embeddings.expand(batch, -1, -1, -1) if image_embeddings.shape[0] == 1 else image_embeddings
-        src = src + dense_prompt_embeddings
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
+    def predict_iou(self, state: DecoderState) -> torch.Tensor:
+        """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""
+        return self.iou_prediction_head(state.tokens[:, 0, :])
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+    def mask_logits(self, state: DecoderState, selected: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Low-res logits (B, K, 4h, 4w) of the ``selected`` mask tokens (default all four).
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        The two stride-2 transposed convolutions are per-pixel linear maps, so they run as
+        matrix products on the (B, h*w, C) token layout the transformer already produced, with
+        one fused layer norm: no NCHW copies, no per-pixel reductions over strided memory.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        mask_tokens = state.tokens[:, 1 : 1 + self.num_mask_tokens, :]
+        indices = range(self.num_mask_tokens)[selected] if isinstance(selected, slice) else selected.tolist()
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
+        b, n, _ = state.image_tokens.shape
+        h, w = state.size
+        x = torch.addmm(conv1.bias.repeat(4), state.image_tokens.reshape(b * n, -1), _pixel_linear(conv1.weight))
+        x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
+        masks = x.view(b, n * 16, -1) @ hyper_in.transpose(1, 2)  # (B, pixels, K), pixels in (y, x, dy1, dx1, dy2, dx2)
+        masks = masks.view(b, h, w, 2, 2, 2, 2, len(indices)).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, len(indices), 4 * h, 4 * w)
+
+
+def _pixel_linear(weight: torch.Tensor) -> torch.Tensor:
+    """A kernel-2 stride-2 ConvTranspose2d weight (Cin, Cout, 2, 2) as a (Cin, 4 * Cout) matrix, (dy, dx, c) order."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)

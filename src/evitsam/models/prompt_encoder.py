@@ -118,7 +118,11 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse (B, N, C) and dense (B, C, 64, 64) embeddings; boxes are (B, 4) in the 1024 frame."""
+        """Sparse (B, N, C) and dense embeddings; boxes are (B, 4) in the 1024 frame.
+
+        Dense embeddings are (B, C, 64, 64) for mask prompts, and (1, C, 64, 64) without them: the
+        same for every prompt, so the decoder can share the image-side work instead of repeating it.
+        """
         batch = self._batch_size(points, boxes, masks)
         device = self.no_mask_embed.weight.device
         sparse = [torch.empty((batch, 0, self.embed_dim), device=device)]
@@ -130,7 +134,5 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense_embeddings = self.mask_downscaling(masks)
         else:
-            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                batch, -1, *self.image_embedding_size
-            )
+            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *self.image_embedding_size)
         return sparse_embeddings, dense_embeddings

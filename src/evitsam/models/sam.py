@@ -7,6 +7,7 @@ encoding and mask post-processing always live in SAM's 1024 "prompt frame".
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from .backbone import BackboneConfig, EfficientViTLargeBackbone
 from .blocks import LayerNorm2d
-from .mask_decoder import MaskDecoder
+from .mask_decoder import DecoderState, MaskDecoder
 from .neck import EMBED_DIM, EMBED_SIZE, SamNeck
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
@@ -138,18 +139,67 @@ class EfficientViTSam(nn.Module):
 
         ``image_embeddings`` is (1, 256, G, G) (shared by every prompt) or one per prompt.
         """
+        state = self.attend(image_embeddings, point_coords, point_labels, boxes, mask_input)
+        with torch.autocast(image_embeddings.device.type, enabled=False):
+            return self.mask_decoder.outputs(state, multimask_output)
+
+    def attend(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> DecoderState:
+        """The first half of ``decode``: prompt encoding and the decoder's transformer.
+
+        Callers that need IoU predictions before masks (automatic mask generation) finish with
+        ``mask_decoder.predict_iou`` and ``mask_decoder.mask_logits`` on the prompts they keep.
+        """
         points = (point_coords, point_labels) if point_coords is not None else None
         # The decoder is cheap next to the encoder; running it in fp32 keeps masks stable under autocast.
         with torch.autocast(image_embeddings.device.type, enabled=False):
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            return self.mask_decoder(
-                image_embeddings.float(), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
-            )
+            return self.mask_decoder.attend(image_embeddings.float(), self.prompt_encoder.get_dense_pe(), sparse, dense)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
-        """Low-res logits -> 1024 frame -> crop the image's ``input_size`` -> ``original_size``."""
-        masks = F.interpolate(masks, (PROMPT_FRAME, PROMPT_FRAME), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        """Low-res logits -> 1024 frame -> crop the image's ``input_size`` -> ``original_size``.
+
+        SAM does this as two bilinear resizes through a padded 1024x1024 intermediate. Both are
+        linear along each axis, so they compose into one (out, 256) matrix per axis and the whole
+        step is two matrix products: the same values (to float rounding) without materialising
+        the 1024x1024 frame, faster for every caller and much faster for "segment everything".
+        """
+        low_h, low_w = masks.shape[-2:]
+        rows = _resize_matrix(low_h, input_size[0], original_size[0], masks.device).to(masks.dtype)
+        cols = _resize_matrix(low_w, input_size[1], original_size[1], masks.device).to(masks.dtype)
+        if original_size[0] <= original_size[1]:  # the cheaper order of the two products
+            return (rows @ masks) @ cols.T
+        return rows @ (masks @ cols.T)
+
+
+def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out, in) float64 matrix of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis.
+
+    Source positions and weights are computed in float32 exactly as PyTorch's CPU kernel does,
+    so the only difference from the two-resize reference is the order of float additions.
+    """
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    src = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+    i0 = src.long()
+    frac = (src - i0).clamp(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = torch.arange(out_size)
+    matrix.index_put_((rows, i0), (1 - frac).double(), accumulate=True)
+    matrix.index_put_((rows, i1), frac.double(), accumulate=True)
+    return matrix
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_matrix(low: int, crop: int, out: int, device: torch.device) -> torch.Tensor:
+    """(out, low) matrix: low-res -> PROMPT_FRAME -> keep the first ``crop`` -> ``out``, along one axis."""
+    composite = _bilinear_matrix(crop, out) @ _bilinear_matrix(low, PROMPT_FRAME)[:crop]
+    return composite.to(device=device, dtype=torch.float32)
