@@ -127,7 +127,11 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=12544, help="loss points per mask (official: 112 x 112)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep-denormal", action="store_true", help="do not flush denormal floats to zero")
     args = parser.parse_args()
+    # Random weights drive some activations/gradients into denormal range, where x86 float maths
+    # is ~10x slower; both sides get the same setting (training runs flush them too, see loop.py).
+    torch.set_flush_denormal(not args.keep_denormal)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "

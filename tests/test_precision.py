@@ -12,7 +12,9 @@ from evitsam import SamPredictor, build_model
 
 @pytest.fixture(scope="module")
 def predictor():
-    return SamPredictor(randomize_(build_model("l0"), seed=11))
+    # tiny: same blocks (LiteMLA, neck, norms) as L0; on CPUs without native bf16/fp16 (AVX2 only) an L0
+    # encoder under autocast takes minutes, which the suite cannot afford.
+    return SamPredictor(randomize_(build_model("tiny"), seed=11))
 
 
 def predict_all(predictor, image):

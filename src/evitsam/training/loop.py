@@ -189,6 +189,9 @@ def fit(
     is back-propagated; under torchrun it runs inside DistributedDataParallel.
     """
     rank, world, device = process.rank, process.world, process.device
+    # Denormal floats (tiny gradients, early random weights) make x86 float maths ~10x slower; flushing
+    # them to zero changes nothing a model can learn from.
+    torch.set_flush_denormal(True)
     # fused: one kernel for all tensors (on CPU ~10x faster than the per-tensor loop for our ~200 tensors)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr * world, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps))
