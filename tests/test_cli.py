@@ -204,7 +204,7 @@ USER_ERRORS = {
     "box corners": (lambda f: _seg(f, "--box", "50,50,10,10"), "--box '50,50,10,10'"),
     "no prompt": (lambda f: _seg(f), "no prompt"),
     "model and checkpoint": (lambda f: _seg(f, "-p", "1,1", "--model", "l0"), "--model and --checkpoint"),
-    "no model": (lambda f: _seg(f, "-p", "1,1", model=()), "no default model"),  # until a default is bundled
+    "unpublished model": (lambda f: _seg(f, "-p", "1,1", model=("--model", "tiny")), "no published weights"),
     "unknown model": (lambda f: _seg(f, "-p", "1,1", model=("--model", "l9")), "unknown variant 'l9'"),
     "model not cached": (lambda f: _seg(f, "-p", "1,1", model=("--model", "l0")), "not in the cache"),
     "missing checkpoint": (lambda f: _seg(f, "-p", "1,1", model=("--checkpoint", f.tmp / "no.pt")), "not found"),

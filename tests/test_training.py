@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, randomize_
 from typer.testing import CliRunner
 
 import evitsam
 from evitsam.cli import app
 from evitsam.training.config import DistillConfig, TrainConfig
 from evitsam.training.train import train
+from evitsam.weights import save_safetensors
 
 FAST = dict(max_masks=2, batch_size=1, num_points=256, correction_iters=1, log_every=1, ckpt_every=1, val_every=2)
 
@@ -90,7 +92,8 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path, data):
     initial = evitsam.build_model("tiny").state_dict()
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert any(not torch.equal(ranks[0][k], initial[k]) for k in ranks[0] if k in initial)
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and math.isfinite(record["loss"]) and record["loss"] > 0
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -124,3 +127,26 @@ def test_config_values_are_checked_and_epochs_set_the_steps():
 def test_auto_variant_needs_init(tmp_path, data):
     with pytest.raises(ValueError, match="variant 'auto'.*--init"):
         train(TrainConfig.from_dict(FAST | {"variant": "auto", "max_steps": 1}), data, tmp_path, progress=False)
+
+
+def test_finetune_recipe_on_coco_data_from_a_checkpoint_under_bf16(tmp_path, shared_data):
+    """configs/finetune.yaml (variant auto) on COCO-layout photos, starting from a file, autocast bf16."""
+    start = tmp_path / "start.safetensors"
+    initial = randomize_(evitsam.build_model("tiny"), seed=3)
+    save_safetensors(initial.state_dict(), start, "tiny")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "configs/finetune.yaml", "--data", str(shared_data / "coco_train_subset"), "--out", str(out),
+              "--init", str(start), "--max-steps", "2", "--set", "max_masks=2", "--set", "num_points=256",
+              "--set", "log_every=1", "--set", "amp=bf16", "--set", "include_crowd=true"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["skipped_files"] == 0 for r in records)
+    assert 0 <= records[-1]["val_miou"] <= 1  # the last 10 % of the 50 photos, held out
+    resolved = (out / "config.yaml").read_text()
+    assert "amp: bf16" in resolved and "include_crowd: true" in resolved
+    tuned = params(out / "model.safetensors")
+    assert evitsam.load_model(out / "model.safetensors").variant == "tiny"
+    assert any(not torch.equal(tuned[k], v) for k, v in initial.state_dict().items() if v.is_floating_point())

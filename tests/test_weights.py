@@ -119,9 +119,20 @@ def test_missing_named_weights_explain_where_to_get_them(tmp_path, monkeypatch):
     assert "huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/efficientvit_sam_l1.pt" in message
 
 
-def test_no_name_without_bundled_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="no default model"):
-        load_model()
+def test_variants_without_published_weights_say_so():
+    with pytest.raises(ValueError, match="no published weights exist for variant 'tiny'"):
+        load_model("tiny")
+
+
+def test_half_precision_conversion_halves_the_file_and_loads_as_fp32(tmp_path, l0_file, l0_state):
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    assert convert_checkpoint(l0_file, full) == convert_checkpoint(l0_file, half, half=True) == "l0"
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    model = load_model(half)
+    assert model.variant == "l0" and all(p.dtype == torch.float32 for p in model.parameters())
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, l0_state[key].half().float(), rtol=0, atol=0, msg=key)
 
 
 def test_infer_variant_for_every_variant():

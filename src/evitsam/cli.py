@@ -22,7 +22,8 @@ from typer.core import TyperGroup
 
 from .files import atomic_write
 from .predictor import SamPredictor
-from .weights import convert_checkpoint, load_model
+from .variants import DEFAULT_VARIANT, HF_REPO
+from .weights import cache_dir, convert_checkpoint, load_model
 
 # Errors a user can cause (CheckpointError is a ValueError, FileNotFoundError an OSError).
 USER_ERRORS = (ValueError, OSError)
@@ -62,7 +63,8 @@ app = _command_group("EfficientViT-SAM: fast promptable segmentation.", add_comp
 
 # Options shared by the commands that load a model.
 ModelOption = Annotated[
-    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+    str | None,
+    typer.Option(metavar="NAME", help="Variant name (l0 ... xl1: official weights, cached) [default: bundled nano]."),
 ]
 CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
 VariantOption = Annotated[
@@ -188,20 +190,44 @@ def open_image(path: Path) -> Image.Image:
 # --------------------------------------------------------------------------------------- commands
 # The model options every model-running command shares.
 ModelOption = Annotated[
-    str | None, typer.Option(metavar="NAME", help="Variant name (l0 ... xl1), weights from the cache.")
+    str | None,
+    typer.Option(metavar="NAME", help="Variant name (l0 ... xl1: official weights, cached) [default: bundled nano]."),
 ]
 CheckpointOption = Annotated[Path | None, typer.Option(metavar="PATH", help="Checkpoint file (.pt or .safetensors).")]
 VariantOption = Annotated[
     str | None, typer.Option(metavar="NAME", help="Variant of --checkpoint (inferred if omitted).")
 ]
 DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")]
+RuntimeOption = Annotated[
+    str, typer.Option(metavar="NAME", help="Engine: torch, onnxruntime or openvino (CPU, fastest).")
+]
+PrecisionOption = Annotated[
+    str, typer.Option(metavar="NAME", help="fp32, bf16 (CPUs with AVX512-BF16/AMX) or int8 (openvino).")
+]
+CalibrationOption = Annotated[
+    Path | None, typer.Option(metavar="DIR", help="Photos to calibrate int8 on (once per set of weights).")
+]
 
 
 def model_source(model: str | None, checkpoint: Path | None) -> str | None:
     """What to pass to ``load_model``: the --checkpoint path or the --model name (never both)."""
     if model is not None and checkpoint is not None:
         raise ValueError("--model and --checkpoint are mutually exclusive: give one")
+    if model is None and checkpoint is None:
+        return DEFAULT_VARIANT
     return str(checkpoint) if checkpoint is not None else model
+
+
+def load_cli_model(name_or_path: str, variant: str | None, device: str | torch.device = "cpu"):
+    """``load_model``, plus a one-line notice on stderr when that is the small bundled model."""
+    sam = load_model(name_or_path, variant=variant, device=device)
+    if name_or_path == DEFAULT_VARIANT:
+        typer.echo(
+            f"notice: using the small bundled '{DEFAULT_VARIANT}' model; for full quality use the official weights, "
+            f"e.g. --model l0 (downloaded from huggingface.co/{HF_REPO} into {cache_dir()})",
+            err=True,
+        )
+    return sam
 
 
 @app.command()
@@ -226,16 +252,10 @@ def segment(
     overlay: Annotated[
         Path | None, typer.Option(metavar="PATH", help="Also write the image with masks and prompts drawn.")
     ] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda.")] = "cpu",
-    runtime: Annotated[
-        str, typer.Option(metavar="NAME", help="Engine: torch, onnxruntime or openvino (CPU, fastest).")
-    ] = "torch",
-    precision: Annotated[
-        str, typer.Option(metavar="NAME", help="fp32, bf16 (CPUs with AVX512-BF16/AMX) or int8 (openvino).")
-    ] = "fp32",
-    calibration: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Photos to calibrate int8 on (once per set of weights).")
-    ] = None,
+    device: DeviceOption = "cpu",
+    runtime: RuntimeOption = "torch",
+    precision: PrecisionOption = "fp32",
+    calibration: CalibrationOption = None,
 ) -> None:
     """Segment IMAGE from point and/or box prompts and write the mask(s) as PNG."""
     from .export.engines import check_options
@@ -272,7 +292,7 @@ def segment(
 def _load(model: str | None, checkpoint: Path | None, variant: str | None, device: str = "cpu"):
     """(name or path, model) from the --model / --checkpoint / --variant options."""
     name_or_path = model_source(model, checkpoint)
-    return name_or_path, load_model(name_or_path, variant=variant, device=device)
+    return name_or_path, load_cli_model(name_or_path, variant, device)
 
 
 def _predictor(sam, runtime: str, precision: str, calibration: Path | None) -> SamPredictor:
@@ -338,23 +358,30 @@ def everything(
         str, typer.Option(metavar="grid|coverage", help="coverage: skip points inside kept masks (faster).")
     ] = "grid",
     device: DeviceOption = "cpu",
+    runtime: RuntimeOption = "torch",
+    precision: PrecisionOption = "fp32",
+    calibration: CalibrationOption = None,
 ) -> None:
     """Segment everything in IMAGE_OR_FOLDER: SAM's mask records per image, resumable for folders."""
     from .everything import MaskGenerator
     from .everything_io import FORMATS, image_files, segment_everything
+    from .export.engines import check_options
 
     if fmt not in FORMATS:
         raise ValueError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
+    check_options(runtime, precision)
     name_or_path = model_source(model, checkpoint)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output '{output}' exists and is not a folder")
     files = image_files(source)
     if source.is_file():
         open_image(source)  # a single unreadable image is an error, not a warning
-    sam = load_model(name_or_path, variant=variant, device=device)
-    generator = MaskGenerator(sam, points_per_side=points_per_side, sampling=sampling)
+    sam = load_cli_model(name_or_path, variant, device)
+    predictor = _predictor(sam, runtime, precision, calibration)
+    generator = MaskGenerator(predictor, points_per_side=points_per_side, sampling=sampling)
     summary = segment_everything(generator, files, output, fmt, overlay, open_image=open_image)
-    typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | summary, indent=2))
+    runtime_summary = {"runtime": predictor.runtime, "precision": predictor.precision}
+    typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | runtime_summary | summary, indent=2))
 
 
 @app.command()
@@ -366,10 +393,11 @@ def convert(
     variant: Annotated[
         str | None, typer.Option(metavar="NAME", help="Variant (inferred from the tensors if omitted).")
     ] = None,
+    half: Annotated[bool, typer.Option("--half", help="Store float tensors as float16 (half the size).")] = False,
 ) -> None:
     """Convert a checkpoint to .safetensors with its variant recorded (safe, fast to load)."""
-    name = convert_checkpoint(source, target, variant)
-    typer.echo(f"wrote {target} (variant {name})")
+    name = convert_checkpoint(source, target, variant, half=half)
+    typer.echo(f"wrote {target} (variant {name}{', float16' if half else ''})")
 
 
 ConfigArgument = Annotated[
@@ -508,7 +536,7 @@ def eval_command(
     data = EvalDataset(images, annotations, dataset)
     grouped = load_detections(detections) if detections is not None else None
     rank, _, torch_device = init_distributed(device)
-    sam = load_model(name_or_path, variant=variant, device=torch_device)
+    sam = load_cli_model(name_or_path, variant, torch_device)
     keep = predictions is not None
     results = run_evaluation(sam, data, prompt, clicks, grouped, limit, batch_size, progress, keep)
     if rank == 0:

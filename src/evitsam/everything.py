@@ -102,6 +102,8 @@ class MaskGenerator:
     are decoded at once; it changes speed and memory, never the result. ``sampling="coverage"``
     is a faster option beyond SAM: the grid runs coarse points first and skips later points that
     already lie inside a kept mask (measured against the full grid in ``benchmarks/everything.py``).
+    ``runtime``/``precision``/``calibration`` choose the engine as for :class:`SamPredictor`
+    (ONNX Runtime, OpenVINO fp32/bf16/int8) when ``model`` is an :class:`EfficientViTSam`.
     """
 
     def __init__(
@@ -121,11 +123,18 @@ class MaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         sampling: str = "grid",
+        runtime: str = "torch",
+        precision: str = "fp32",
+        calibration: list | str | None = None,
     ) -> None:
         if isinstance(model, SamPredictor):
+            if (runtime, precision, calibration) != ("torch", "fp32", None):
+                raise ValueError(
+                    "runtime/precision/calibration belong to the SamPredictor passed as model: set them there"
+                )
             self.predictor = model
         elif isinstance(model, EfficientViTSam):
-            self.predictor = SamPredictor(model)
+            self.predictor = SamPredictor(model, runtime=runtime, precision=precision, calibration=calibration)
         else:
             raise ValueError(f"model must be an EfficientViTSam or a SamPredictor, got {type(model).__name__}")
         if (points_per_side is None) == (point_grids is None):

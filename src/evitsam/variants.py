@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from .models import BackboneConfig, EfficientViTSam, SamConfig
 
 HF_REPO = "mit-han-lab/efficientvit-sam"
+# The model ``load_model()`` and every CLI command use when none is named: small, trained by our own
+# pipeline, shipped in the package, so a first command works offline (MODEL_CARD.md).
+DEFAULT_VARIANT = "nano"
+BUNDLED_FILE = "nano.safetensors"
+BUNDLED_SHA256 = None  # set with the released weights; the tests check it against the file and the card
 
 _L_WIDTHS = (32, 64, 128, 256, 512)
 _L_TYPES = ("res", "fmb", "fmb", "mb", "att@5")
@@ -22,6 +27,7 @@ class Variant:
     num_params: int | None = None  # exact count of the official model, checked by the tests
     weights_file: str | None = None  # file name in the Hugging Face repo
     sha256: str | None = None
+    bundled_file: str | None = None  # file name in evitsam/assets/: weights shipped inside the package
 
     @property
     def name(self) -> str:
@@ -61,6 +67,22 @@ VARIANTS: dict[str, Variant] = {
                 256,
                 embed_size=32,
             )
+        ),
+        # The bundled default model (issue 4): trained by our own pipeline on synthetic scenes and COCO
+        # train2017 cut-outs (configs/nano.yaml, MODEL_CARD.md); 5.0 M encoder parameters, 256 px encoder,
+        # 32x32 grid, SAM's prompt encoder and decoder. Ships in the package as fp16 safetensors.
+        Variant(
+            SamConfig(
+                "nano",
+                BackboneConfig((16, 32, 64, 128, 256), (0, 1, 1, 2, 2), _L_TYPES, (1, 4, 4, 4, 4)),
+                (4, 3, 2),
+                2,
+                1,
+                256,
+                embed_size=32,
+            ),
+            bundled_file=BUNDLED_FILE,
+            sha256=BUNDLED_SHA256,
         ),
     ]
 }

@@ -7,6 +7,8 @@ fit gets a message saying what it looks like, never a wall of missing keys.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.resources
 import logging
 import os
 import pickle
@@ -19,7 +21,7 @@ import torch
 
 from .files import atomic_write
 from .models import EfficientViTSam
-from .variants import HF_REPO, VARIANTS, Variant, get_variant
+from .variants import DEFAULT_VARIANT, HF_REPO, VARIANTS, Variant, get_variant
 
 CACHE_ENV = "EVITSAM_HOME"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -166,13 +168,21 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, variant: str | None = None) -> str:
-    """Official ``.pt`` -> ``.safetensors`` with variant metadata; returns the variant name."""
+def convert_checkpoint(
+    source: str | os.PathLike, target: str | os.PathLike, variant: str | None = None, half: bool = False
+) -> str:
+    """Official ``.pt`` -> ``.safetensors`` with variant metadata; returns the variant name.
+
+    ``half`` stores floating-point tensors as float16 (half the file; models load them back as fp32).
+    """
     if not str(target).endswith(".safetensors"):
         raise ValueError(f"target must be a .safetensors path, got {str(target)!r}")
     state_dict, metadata = read_state_dict(source)
     name = _resolve_variant(state_dict, metadata, variant, str(source))
-    save_safetensors(_with_bn_counters(state_dict, name), target, name)
+    state_dict = _with_bn_counters(state_dict, name)
+    if half:
+        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_safetensors(state_dict, target, name)
     return name
 
 
@@ -189,8 +199,35 @@ def _resolve_variant(state_dict, metadata: dict[str, str], variant: str | None, 
     return name
 
 
+def bundled_weights(variant: Variant) -> Path:
+    """Path of weights shipped inside the package (``evitsam/assets/``), checked against their sha256."""
+    path = Path(str(importlib.resources.files("evitsam") / "assets" / variant.bundled_file))
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled weights of '{variant.name}' are missing from the package: {path}")
+    if variant.sha256 is not None and file_sha256(path) != variant.sha256:
+        raise CheckpointError(f"{path} does not match the sha256 recorded for '{variant.name}': reinstall evitsam")
+    return path
+
+
+@functools.cache
+def _sha256_of(path: str, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (remembered per path, size and modification time)."""
+    stat = os.stat(path)
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime)
+
+
 def download_weights(variant: Variant) -> Path:
     """Path of a variant's official weights in the cache, downloading them when online."""
+    if variant.weights_file is None:
+        raise ValueError(f"no published weights exist for variant '{variant.name}': pass a checkpoint path")
     target = cache_dir() / variant.weights_file
     if target.is_file():
         return target
@@ -269,16 +306,14 @@ def load_model(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was requested but CUDA is not available on this machine")
     if name_or_path is None:
-        raise ValueError(
-            f"no default model is bundled yet: pass a variant name (one of {', '.join(VARIANTS)}) or a checkpoint path"
-        )
+        name_or_path = DEFAULT_VARIANT
     if is_checkpoint_path(name_or_path):
         path = Path(name_or_path)
     else:
         named = get_variant(str(name_or_path))
         if variant is not None and get_variant(variant).name != named.name:
             raise ValueError(f"variant {variant!r} contradicts the model name {str(name_or_path)!r}")
-        path = download_weights(named)
+        path = bundled_weights(named) if named.bundled_file else download_weights(named)
         variant = named.name
     state_dict, metadata = read_state_dict(path)
     name = _resolve_variant(state_dict, metadata, variant, str(path))

@@ -9,13 +9,18 @@ from .sa1b import SA1BDataset, is_sa1b
 from .sample import Sample, SampleError, SkippingDataset, collate_samples
 
 
-def open_dataset(path: str | Path, max_masks: int | None = None, seed: int = 0) -> SkippingDataset:
-    """COCO (``images/`` + ``annotations.json``) or SA-1B (official or extracted layout), by inspection."""
+def open_dataset(
+    path: str | Path, max_masks: int | None = None, seed: int = 0, include_crowd: bool = False
+) -> SkippingDataset:
+    """COCO (``images/`` + ``annotations.json``) or SA-1B (official or extracted layout), by inspection.
+
+    ``include_crowd``: COCO crowd regions (iscrowd=1) become masks too (SA-1B has none).
+    """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     if is_coco(root):
-        return CocoDataset(root, max_masks=max_masks, seed=seed)
+        return CocoDataset(root, max_masks=max_masks, seed=seed, include_crowd=include_crowd)
     if is_sa1b(root):
         return SA1BDataset(root, max_masks=max_masks, seed=seed)
     raise ValueError(

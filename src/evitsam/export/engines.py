@@ -32,7 +32,7 @@ from .onnx_export import OPSET, export_encoder, export_prompt_decoder
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 # Bump when the graphs change, so stale cached exports are never reused.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 MAX_STATIC_DECODERS = 8
 
 
@@ -283,26 +283,40 @@ class OpenVinoEngine(_GraphEngine):
         self._decoder_request = compiled.create_infer_request()
         self._static_decoders: dict[tuple, object] = {}
         self._shapes_seen: collections.Counter = collections.Counter()
+        self._dynamic_works = True
 
     def _run_encoder(self, image: np.ndarray) -> np.ndarray:
         return self._encoder_request.infer({"input_image": image})[0]
 
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        outputs = self._decoder_for(feeds).infer(feeds)
+        request = self._decoder_for(feeds)
+        try:
+            outputs = request.infer(feeds)
+        except RuntimeError:
+            if request is not self._decoder_request:
+                raise
+            # Some OpenVINO CPU builds fail shape inference of the dynamic graph at run time (seen on
+            # AVX2-only CPUs: "Broadcast ... Value -1 not in range"); with static shapes everything is
+            # resolved at compile time. Same graph, same numbers: compile for these shapes from now on.
+            self._dynamic_works = False
+            outputs = self._decoder_for(feeds).infer(feeds)
         return outputs["low_res_masks"], outputs["iou_predictions"]
 
     def _decoder_for(self, feeds: dict[str, np.ndarray]):
         """The dynamic-shape decoder, or one compiled for these exact shapes once they recur.
 
         A static decoder runs about 30 % faster; compiling one takes a fraction of a second, so it is only
-        done for shapes seen twice (repeated prompts, the automatic mask generator's batches), up to a few.
+        done for shapes seen twice (repeated prompts, the automatic mask generator's batches), up to a few
+        (least recently compiled ones make room), or always where the dynamic graph does not run.
         """
         key = tuple((name, value.shape) for name, value in sorted(feeds.items()))
         if key in self._static_decoders:
             return self._static_decoders[key]
         self._shapes_seen[key] += 1
-        if self._shapes_seen[key] < 2 or len(self._static_decoders) >= MAX_STATIC_DECODERS:
+        if self._dynamic_works and (self._shapes_seen[key] < 2 or len(self._static_decoders) >= MAX_STATIC_DECODERS):
             return self._decoder_request
+        if len(self._static_decoders) >= MAX_STATIC_DECODERS:
+            self._static_decoders.pop(next(iter(self._static_decoders)))
         model = self._decoder_model.clone()
         model.reshape({name: list(shape) for name, shape in key})
         request = self._core.compile_model(model, "CPU", self._decoder_config).create_infer_request()

@@ -108,13 +108,15 @@ class MaskDecoder(nn.Module):
         """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(batch, *output_tokens.shape), sparse_prompt_embeddings], dim=1
+        )
         src = image_embeddings + dense_prompt_embeddings
         if src.shape[0] not in (1, batch):
             raise ValueError(f"image embeddings must have batch 1 or {batch} (one per prompt), got {src.shape[0]}")
         h, w = src.shape[-2:]
         hs, image_tokens = self.transformer(src, image_pe, tokens)
-        return DecoderState(hs, image_tokens.expand(batch, -1, -1), (h, w))
+        return DecoderState(hs, image_tokens.expand(batch, *image_tokens.shape[1:]), (h, w))
 
     def predict_iou(self, state: DecoderState) -> torch.Tensor:
         """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""

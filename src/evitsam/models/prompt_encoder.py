@@ -40,9 +40,9 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encode pixel coordinates (..., 2) given in an image of ``image_size`` = (h, w)."""
-        coords = coords.clone()
-        coords[..., 0] = coords[..., 0] / image_size[1]
-        coords[..., 1] = coords[..., 1] / image_size[0]
+        # One broadcast division, not SAM's in-place column writes: the same numbers, and an exported
+        # graph without ScatterND/Range index plumbing (which some OpenVINO CPU builds mis-shape).
+        coords = coords / coords.new_tensor([image_size[1], image_size[0]])
         return self._pe_encoding(coords.to(torch.float))
 
 
@@ -134,5 +134,7 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense_embeddings = self.mask_downscaling(masks)
         else:
-            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *self.image_embedding_size)
+            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                1, self.embed_dim, *self.image_embedding_size
+            )
         return sparse_embeddings, dense_embeddings

@@ -99,7 +99,7 @@ class Attention(nn.Module):
             q = self.q_proj(image[0] + image_pe[0]).view(-1, h, k.shape[-1]).permute(1, 2, 0)  # (h, d, N)
             k = (k / math.sqrt(k.shape[-1])).permute(2, 0, 1, 3).reshape(h, b * t, -1)
             scores = (k @ q).view(h, b, t, -1).transpose(0, 1)  # (B, h, T, N)
-            image = image.expand(b, -1, -1)
+            image = image.expand(b, *image.shape[1:])
         else:
             k_in, k_bias = self._fold(k, self.q_proj)
             scores = self._image_scores(k_in, k_bias, image, image_pe).view(b, h, t, -1)

@@ -104,6 +104,7 @@ class TrainConfig(RunConfig):
     """Stage 2: the whole model trained end to end from prompts (SAM's interactive recipe)."""
 
     max_masks: int = 16  # masks (prompts) per image and step
+    include_crowd: bool = False  # COCO data: also train on crowd regions (iscrowd=1)
     # prompts
     box_prob: float = 0.5  # otherwise points
     box_jitter: float = 0.1  # std of corner noise, as a fraction of the box side (official: 0)

@@ -181,12 +181,14 @@ def fit(
     stop_at: int | None = None,
     progress: bool = True,
     validate: Callable[[], dict[str, float]] | None = None,
+    counters: Callable[[], dict[str, int]] | None = None,
     desc: str = "train",
 ) -> int:
     """Run steps until ``config.max_steps`` (or ``stop_at``); returns the last step done.
 
     ``step_module(*make_batch(step, generator), generator)`` returns a dict of losses whose ``loss``
-    is back-propagated; under torchrun it runs inside DistributedDataParallel.
+    is back-propagated; under torchrun it runs inside DistributedDataParallel. ``counters`` adds
+    running counts (e.g. unreadable files skipped) to every logged record.
     """
     rank, world, device = process.rank, process.world, process.device
     # Denormal floats (tiny gradients, early random weights) make x86 float maths ~10x slower; flushing
@@ -238,6 +240,8 @@ def fit(
             record.update({key: round(value.item(), 6) for key, value in losses.items()})
             elapsed = time.perf_counter() - started
             record["images_per_s"] = round(config.batch_size * world * (step - first_step) / elapsed, 3)
+            if counters is not None:
+                record.update(counters())
             if validate is not None and (step % config.val_every == 0 or step == config.max_steps):
                 record.update({key: round(value, 6) for key, value in validate().items()})
             log.write(record)

@@ -137,7 +137,7 @@ def train(
     process = start_processes()
     out = Path(out)
     check_run_folder(out, resume)
-    dataset = open_dataset(data, max_masks=config.max_masks, seed=config.seed)
+    dataset = open_dataset(data, max_masks=config.max_masks, seed=config.seed, include_crowd=config.include_crowd)
     train_indices, val_indices = split_indices(len(dataset), config.val_fraction)
     config.max_steps = config.steps_for(len(train_indices), process.world)
 
@@ -158,5 +158,5 @@ def train(
 
     step_module = SamTrainingStep(model, config)
     fit(config, process, model, step_module, make_batch, out, resume=resume, stop_at=stop_at, progress=progress,
-        validate=validation)  # fmt: skip
+        validate=validation, counters=lambda: {"skipped_files": dataset.skipped})  # fmt: skip
     return model
