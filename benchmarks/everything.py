@@ -16,6 +16,7 @@ full-grid masks that it also finds (mask IoU >= 0.9).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -26,7 +27,7 @@ from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGen
 from latency import add_common_arguments, build_pair, environment, parse_common_arguments, timed
 from PIL import Image
 
-from evitsam import MaskGenerator
+from evitsam import MaskGenerator, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "images" / "evit_cat.jpg"
@@ -128,11 +129,43 @@ def markdown(rows: list[dict], env: dict, image: Path) -> str:
     return "\n".join(header + [table_line(r) for r in rows])
 
 
+def coverage_on_trained_weights(checkpoint: str | None, side: int, repeats: int) -> None:
+    """``sampling="coverage"`` vs the full grid with real (trained) weights on the five demo photos.
+
+    Random weights keep too few masks for recall to mean much; a trained model keeps tens per photo.
+    """
+    model = load_model(checkpoint)  # None: the bundled model
+    rows = ["| photo | full grid s | coverage s | speed-up | masks full / coverage | points decoded | recall |",
+            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for path in sorted(DEFAULT_IMAGE.parent.glob("*.jpg")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        grid, coverage = (MaskGenerator(model, points_per_side=side, sampling=mode) for mode in ("grid", "coverage"))
+        runs = alternate({"grid": functools.partial(grid.generate, image),
+                          "coverage": functools.partial(coverage.generate, image)}, repeats)  # fmt: skip
+        full_s, fast_s = (statistics.median(runs[name]["s"]) for name in ("grid", "coverage"))
+        full, fast = runs["grid"]["out"], runs["coverage"]["out"]
+        rows.append(
+            f"| {path.name} | {full_s:.1f} | {fast_s:.1f} | {full_s / fast_s:.2f}x | {len(full)} / {len(fast)} | "
+            f"{coverage.points_decoded} of {side * side} | {recall(full, fast):.3f} |"
+        )
+        print(rows[-1], flush=True)
+    print(f"\n{model.variant}, {side}x{side} grid, default filters; torch threads {torch.get_num_threads()}\n")
+    print("\n".join(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", nargs="+", type=int, default=[16, 32])
+    parser.add_argument(
+        "--coverage-on", metavar="CHECKPOINT|bundled",
+        help="instead: coverage sampling vs full grid with trained weights (bundled: the default model)",
+    )  # fmt: skip
     add_common_arguments(parser, repeats=3, image=DEFAULT_IMAGE)
     args = parse_common_arguments(parser)
+    if args.coverage_on:
+        for side in args.grids:
+            coverage_on_trained_weights(None if args.coverage_on == "bundled" else args.coverage_on, side, args.repeats)
+        return
     ours, official = build_pair("l0")
     scale_heads_(ours.model)
     scale_heads_(official.model)

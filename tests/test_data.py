@@ -81,6 +81,18 @@ def test_coco_polygons_rle_and_crowd(shared_data, coco):
         assert box[0] - 1 <= xs.min() and xs.max() <= box[2] + 1 and box[1] - 1 <= ys.min() and ys.max() <= box[3] + 1
 
 
+@pytest.mark.parametrize("layout", ["coco_subset", "sa1b_sample/derived_from_coco"])
+def test_small_masks_can_be_left_out(shared_data, layout):
+    everything = open_dataset(shared_data / layout)
+    large = open_dataset(shared_data / layout, min_area=2000)
+    same = {large.image_path(i): [j for j in range(len(everything)) if everything.image_path(j) == large.image_path(i)]
+            for i in range(len(large))}  # fmt: skip
+    pairs = [(large[i], everything[same[large.image_path(i)][0]]) for i in range(len(large))]
+    kept, full = next((a, b) for a, b in pairs if 0 < len(a.masks) < len(b.masks))
+    assert kept.masks.sum((1, 2)).min() >= 2000 * 0.95  # areas as recorded, up to rasterisation
+    assert full.masks.sum((1, 2)).min() < 2000
+
+
 def test_bad_files_are_skipped_and_counted(tmp_path, sa1b_root):
     shutil.copytree(sa1b_root, tmp_path / "sa", dirs_exist_ok=True)
     root = tmp_path / "sa"

@@ -10,19 +10,20 @@ from .sample import Sample, SampleError, SkippingDataset, collate_samples
 
 
 def open_dataset(
-    path: str | Path, max_masks: int | None = None, seed: int = 0, include_crowd: bool = False
+    path: str | Path, max_masks: int | None = None, seed: int = 0, include_crowd: bool = False, min_area: float = 1.0
 ) -> SkippingDataset:
     """COCO (``images/`` + ``annotations.json``) or SA-1B (official or extracted layout), by inspection.
 
-    ``include_crowd``: COCO crowd regions (iscrowd=1) become masks too (SA-1B has none).
+    ``include_crowd``: COCO crowd regions (iscrowd=1) become masks too (SA-1B has none). ``min_area``:
+    masks smaller than this (pixels of the original image) are left out.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     if is_coco(root):
-        return CocoDataset(root, max_masks=max_masks, seed=seed, include_crowd=include_crowd)
+        return CocoDataset(root, max_masks=max_masks, seed=seed, include_crowd=include_crowd, min_area=min_area)
     if is_sa1b(root):
-        return SA1BDataset(root, max_masks=max_masks, seed=seed)
+        return SA1BDataset(root, max_masks=max_masks, seed=seed, min_area=min_area)
     raise ValueError(
         f"cannot tell the layout of {root}: expected COCO (images/ + annotations.json) or SA-1B "
         "(sa_images_ids.txt + images/ + masks/, or sa_*.jpg with sa_*.json beside them)"

@@ -30,8 +30,9 @@ def is_sa1b(root: Path) -> bool:
 class SA1BDataset(SkippingDataset):
     """Images with their SA-1B masks (COCO RLE), up to ``max_masks`` per image."""
 
-    def __init__(self, root: str | Path, max_masks: int | None = None, seed: int = 0) -> None:
+    def __init__(self, root: str | Path, max_masks: int | None = None, seed: int = 0, min_area: float = 0.0) -> None:
         super().__init__(max_masks, seed)
+        self.min_area = min_area
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"SA-1B folder not found: {self.root}")
@@ -55,6 +56,7 @@ class SA1BDataset(SkippingDataset):
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SampleError(f"cannot read annotations {json_path}: {error}") from None
         image = read_rgb(image_path)
+        annotations = [a for a in annotations if a.get("area", 0) >= self.min_area]
         chosen = [annotations[i] for i in choose_masks(len(annotations), self.max_masks, rng)]
         height, width = image.shape[:2]
         try:

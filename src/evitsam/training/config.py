@@ -105,6 +105,7 @@ class TrainConfig(RunConfig):
 
     max_masks: int = 16  # masks (prompts) per image and step
     include_crowd: bool = False  # COCO data: also train on crowd regions (iscrowd=1)
+    min_mask_area: float = 1.0  # leave out masks smaller than this (pixels of the original image)
     # prompts
     box_prob: float = 0.5  # otherwise points
     box_jitter: float = 0.1  # std of corner noise, as a fraction of the box side (official: 0)

@@ -137,7 +137,9 @@ def train(
     process = start_processes()
     out = Path(out)
     check_run_folder(out, resume)
-    dataset = open_dataset(data, max_masks=config.max_masks, seed=config.seed, include_crowd=config.include_crowd)
+    dataset = open_dataset(
+        data, config.max_masks, config.seed, include_crowd=config.include_crowd, min_area=config.min_mask_area
+    )
     train_indices, val_indices = split_indices(len(dataset), config.val_fraction)
     config.max_steps = config.steps_for(len(train_indices), process.world)
 
