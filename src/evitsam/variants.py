@@ -11,7 +11,7 @@ HF_REPO = "mit-han-lab/efficientvit-sam"
 # pipeline, shipped in the package, so a first command works offline (MODEL_CARD.md).
 DEFAULT_VARIANT = "nano"
 BUNDLED_FILE = "nano.safetensors"
-BUNDLED_SHA256 = None  # set with the released weights; the tests check it against the file and the card
+BUNDLED_SHA256 = "fdaada0bad6fe3d5924db640f3d9bbb530ebb2bdb5483c14d550340bc5660b10"
 
 _L_WIDTHS = (32, 64, 128, 256, 512)
 _L_TYPES = ("res", "fmb", "fmb", "mb", "att@5")
