@@ -302,3 +302,11 @@ def test_cli_errors_are_one_line(args, message, shared_data, tmp_path):
     result = run_cli(*args)
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_where_no_mask_passes_the_iou_filter_is_skipped():
+    """Random heads predict IoUs near 0: nothing passes 0.88, so no mask is upscaled and none is returned."""
+    model = randomize_(build_model("tiny").eval(), seed=2)
+    generator = MaskGenerator(model, points_per_side=3, points_per_batch=4)
+    assert generator.generate(load_photo("evit_cat.jpg")) == []
+    assert generator.points_decoded == 9

@@ -301,6 +301,9 @@ class MaskGenerator:
         iou_preds = model.mask_decoder.predict_iou(state)[:, 1:]
         keep = self._passes_iou(iou_preds)
         prompts = keep.any(dim=1).nonzero().flatten()
+        if len(prompts) == 0:  # no prompt of this batch has a mask worth computing
+            size = model.low_res_size
+            return iou_preds, iou_preds.new_zeros((0, size, size))
         if len(prompts) == len(keep):
             low_res = model.mask_decoder.mask_logits(state, slice(1, None))
         else:  # masks of prompts with no IoU above the threshold are never computed
