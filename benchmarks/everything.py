@@ -129,17 +129,20 @@ def markdown(rows: list[dict], env: dict, image: Path) -> str:
     return "\n".join(header + [table_line(r) for r in rows])
 
 
-def coverage_on_trained_weights(checkpoint: str | None, side: int, repeats: int) -> None:
+def coverage_on_trained_weights(checkpoint: str | None, side: int, repeats: int, filters: dict) -> None:
     """``sampling="coverage"`` vs the full grid with real (trained) weights on the five demo photos.
 
     Random weights keep too few masks for recall to mean much; a trained model keeps tens per photo.
+    ``filters``: pred_iou_thresh / stability_score_thresh for both (a small model's IoU head may need lower).
     """
     model = load_model(checkpoint)  # None: the bundled model
     rows = ["| photo | full grid s | coverage s | speed-up | masks full / coverage | points decoded | recall |",
             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for path in sorted(DEFAULT_IMAGE.parent.glob("*.jpg")):
         image = np.asarray(Image.open(path).convert("RGB"))
-        grid, coverage = (MaskGenerator(model, points_per_side=side, sampling=mode) for mode in ("grid", "coverage"))
+        grid, coverage = (
+            MaskGenerator(model, points_per_side=side, sampling=mode, **filters) for mode in ("grid", "coverage")
+        )
         runs = alternate({"grid": functools.partial(grid.generate, image),
                           "coverage": functools.partial(coverage.generate, image)}, repeats)  # fmt: skip
         full_s, fast_s = (statistics.median(runs[name]["s"]) for name in ("grid", "coverage"))
@@ -149,7 +152,7 @@ def coverage_on_trained_weights(checkpoint: str | None, side: int, repeats: int)
             f"{coverage.points_decoded} of {side * side} | {recall(full, fast):.3f} |"
         )
         print(rows[-1], flush=True)
-    print(f"\n{model.variant}, {side}x{side} grid, default filters; torch threads {torch.get_num_threads()}\n")
+    print(f"\n{model.variant}, {side}x{side} grid, {filters}; torch threads {torch.get_num_threads()}\n")
     print("\n".join(rows))
 
 
@@ -160,11 +163,15 @@ def main() -> None:
         "--coverage-on", metavar="CHECKPOINT|bundled",
         help="instead: coverage sampling vs full grid with trained weights (bundled: the default model)",
     )  # fmt: skip
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.88, help="with --coverage-on")
+    parser.add_argument("--stability-score-thresh", type=float, default=0.95, help="with --coverage-on")
     add_common_arguments(parser, repeats=3, image=DEFAULT_IMAGE)
     args = parse_common_arguments(parser)
     if args.coverage_on:
         for side in args.grids:
-            coverage_on_trained_weights(None if args.coverage_on == "bundled" else args.coverage_on, side, args.repeats)
+            filters = dict(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
+            checkpoint = None if args.coverage_on == "bundled" else args.coverage_on
+            coverage_on_trained_weights(checkpoint, side, args.repeats, filters)
         return
     ours, official = build_pair("l0")
     scale_heads_(ours.model)

@@ -4,7 +4,9 @@
 
 Per variant the official model's state dict is randomised deterministically and loaded into both models
 (strict). Each op runs twice per side as warm-up, then ours and the official alternate once per repeat
-(AB BA AB ...) so machine noise hits both; medians are reported. ``--batch-variants`` get a row for
+(AB BA AB ...) so machine noise hits both; medians are reported. ``predict`` rows are later prompts on
+the image (what each click of an interactive session costs); "first prompt" also pays for the decoder
+work ours shares between the prompts of one image. ``--batch-variants`` get a row for
 ``predict_torch`` with 100 boxes (default: l0 if chosen, else every chosen variant; none if given empty).
 """
 
@@ -118,6 +120,19 @@ def bench_variant(variant: str, image: np.ndarray, repeats: int, batch: bool) ->
         )
         row["max_abs_logit_diff"] = logits_diff(out)
         rows.append(row)
+
+    def first_box() -> tuple:  # the first prompt on an image also computes the decoder's image side
+        ours._decoder_side = None
+        return ours.predict(box=box, multimask_output=False)
+
+    row, _ = compare(
+        variant,
+        "predict box x1, first prompt",
+        first_box,
+        lambda: official.predict(box=box, multimask_output=False),
+        repeats,
+    )
+    rows.append(row)
     if batch:
         gen = torch.Generator().manual_seed(1)
         xy = torch.rand(N_BOXES, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])

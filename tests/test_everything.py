@@ -310,3 +310,25 @@ def test_a_batch_where_no_mask_passes_the_iou_filter_is_skipped():
     generator = MaskGenerator(model, points_per_side=3, points_per_batch=4)
     assert generator.generate(load_photo("evit_cat.jpg")) == []
     assert generator.points_decoded == 9
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("input_size", [(768, 1024), (1024, 680), (1024, 1024), (1024, 3)])
+def test_masks_skip_the_padding_rows_and_columns_exactly(input_size):
+    """Everything computes low-res logits only where post-processing reads them: same masks."""
+    model = randomize_(build_model("l0"), seed=5).eval()
+    generator = torch.Generator().manual_seed(6)
+    embedding = torch.randn(1, 256, 64, 64, generator=generator)
+    state = model.attend(embedding, torch.rand(3, 1, 2, generator=generator) * 1000, torch.ones(3, 1))
+    full = model.mask_decoder.mask_logits(state, slice(1, None))
+    extent = model.low_res_extent(input_size)
+    part = model.mask_decoder.mask_logits(state, slice(1, None), extent)
+    assert part.shape[-2:] == extent and extent[0] % 4 == 0 and extent[1] % 4 == 0
+    assert extent[0] < 256 or extent[1] < 256 or input_size == (1024, 1024)
+    torch.testing.assert_close(part, full[..., : extent[0], : extent[1]], rtol=0, atol=0)
+    original = (input_size[0] * 3 // 4 or 1, input_size[1] * 3 // 4 or 1)
+    torch.testing.assert_close(
+        model.postprocess_masks(part, input_size, original), model.postprocess_masks(full, input_size, original)
+    )
+    with pytest.raises(ValueError, match="extent must be multiples of 4"):
+        model.mask_decoder.mask_logits(state, slice(1, None), (6, 8))

@@ -9,6 +9,7 @@ from conftest import load_photo, randomize_
 from PIL import Image
 
 from evitsam import SamPredictor, build_model
+from evitsam.transforms import get_preprocess_shape
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,51 @@ def test_invalid_images(image, message):
     with pytest.raises(ValueError, match="image_format"):
         fresh.set_image(np.zeros((4, 4, 3), np.uint8), image_format="HSV")
     assert not fresh.is_image_set
+
+
+def test_decoder_image_side_is_reused_and_renewed(predictor):
+    """The prompt-independent decoder work is computed once per image and gives the uncached result."""
+    box = np.array([100, 100, 400, 300])
+    first = predictor.predict(box=box, return_logits=True)
+    side = predictor.decoder_image_side()
+    assert predictor.decoder_image_side() is side  # reused by later prompts
+    boxes = predictor.transform.apply_boxes(box[None], predictor.original_size)
+    with torch.inference_mode():
+        uncached, scores = predictor.model.decode(predictor.features, boxes=torch.as_tensor(boxes).float())
+    np.testing.assert_allclose(first[2], uncached[0].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(first[1], scores[0].numpy(), rtol=1e-5, atol=1e-5)
+
+    model = SamPredictor(randomize_(build_model("l0"), seed=7))
+    model.set_image(load_photo("evit_cat.jpg")[:300, :200])
+    before = model.predict(box=np.array([10, 10, 150, 250]), return_logits=True)[0]
+    with torch.no_grad():  # weights changed in place (e.g. fine-tuning): the cached side is renewed
+        model.model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(3)
+    after = model.predict(box=np.array([10, 10, 150, 250]), return_logits=True)[0]
+    fresh = SamPredictor(model.model)
+    fresh.set_image(load_photo("evit_cat.jpg")[:300, :200])
+    np.testing.assert_allclose(after, fresh.predict(box=np.array([10, 10, 150, 250]), return_logits=True)[0], atol=1e-3)
+    assert np.abs(after - before).max() > 1e-2
+    model.set_image(load_photo("evit_cat.jpg"))  # a new image drops the old side
+    assert model._decoder_side is None
+
+
+@pytest.mark.parametrize("masks", [1, 3, 8])
+@pytest.mark.parametrize("original", [(1200, 1800), (1800, 1200), (480, 640), (7, 3000), (333, 333)])
+def test_postprocess_masks_is_sams_two_resizes(masks, original):
+    """Banded (few masks) and dense (many) post-processing both equal SAM's upsample-crop-resize."""
+    model = build_model("l0")
+    generator = torch.Generator().manual_seed(masks)
+    low = torch.randn(1, masks, 256, 256, generator=generator) * 10
+    input_size = get_preprocess_shape(*original, 1024)
+    reference = torch.nn.functional.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    reference = reference[..., : input_size[0], : input_size[1]]
+    reference = torch.nn.functional.interpolate(reference, original, mode="bilinear", align_corners=False)
+    ours = model.postprocess_masks(low, input_size, original)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-3)
+    assert ((ours > 0) == (reference > 0)).float().mean() > 0.99999
+    extent = model.low_res_extent(input_size)  # the padding rows/columns are never read
+    torch.testing.assert_close(model.postprocess_masks(low[..., : extent[0], : extent[1]], input_size, original), ours)
+    if extent[0] > 4:
+        with pytest.raises(ValueError, match="masks must cover at least the low-res extent"):
+            model.postprocess_masks(low[..., : extent[0] - 4, :], input_size, original)

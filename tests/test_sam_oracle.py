@@ -67,6 +67,32 @@ def test_decoder_matches_segment_anything(decoder_pair, case, multimask):
     assert (iou - ref_iou).abs().max().item() < 1e-4 * max(1.0, ref_iou.abs().max().item())
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("image", ["shared", "shared_cached_side", "per_prompt"])
+@torch.no_grad()
+def test_decoder_paths_match_segment_anything(decoder_pair, batch, image):
+    """Every arrangement of the cross-attention (image side folded into the tokens for one or two
+    prompts, projected once for three or more, cached per image, one embedding per prompt) is SAM's."""
+    prompt_encoder, mask_decoder, ours = decoder_pair
+    generator = torch.Generator().manual_seed(4)
+    embedding = torch.randn(batch if image == "per_prompt" else 1, 256, 64, 64, generator=generator)
+    coords = torch.rand(batch, 2, 2, generator=generator) * 1000
+    labels = torch.tensor([[1, 0]] * batch, dtype=torch.float)
+    sparse, dense = prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    pe = prompt_encoder.get_dense_pe()
+    if image == "per_prompt":  # segment-anything repeats one embedding per prompt: call it once per prompt
+        outputs = [
+            mask_decoder(embedding[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], True) for i in range(batch)
+        ]
+        ref_low, ref_iou = (torch.cat(parts) for parts in zip(*outputs))
+    else:
+        ref_low, ref_iou = mask_decoder(embedding, pe, sparse, dense, True)
+    side = ours.prepare_decoder(embedding) if image == "shared_cached_side" else None
+    low, iou = ours.decode(embedding, coords, labels, image_side=side)
+    assert ((low - ref_low).abs().max() / ref_low.abs().max()).item() < 1e-4
+    assert (iou - ref_iou).abs().max().item() < 1e-4 * max(1.0, ref_iou.abs().max().item())
+
+
 @pytest.mark.parametrize("size", [(1200, 1800), (534, 800), (800, 534), (1024, 1024), (7, 3000), (333, 333)])
 def test_transforms_match_resize_longest_side(size):
     reference = ResizeLongestSide(1024)

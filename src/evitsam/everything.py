@@ -50,8 +50,10 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 SAMPLING_MODES = ("grid", "coverage")
 # Masks resized to full resolution at a time: ~20 MB of logits for a 640x480 image, cache friendly.
 RESIZE_CHUNK = 16
-# Prompts through the decoder at a time: its (B, 4096, 256) activations stay in cache (tuned on CPU).
-DECODER_CHUNK = 16
+# Prompts through the decoder at a time: its (B, 4096, 256) activations stay in cache. The image side
+# every prompt shares is computed once per image (``decoder_image_side``), so small chunks lose nothing:
+# 4 was 10-25 % faster than 16 on CPU (16x16 grid, L0, 1 thread).
+DECODER_CHUNK = 4
 
 
 @dataclass
@@ -295,20 +297,22 @@ class MaskGenerator:
         )
 
     def _decode(self, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """IoU predictions (B, 3) of the multimask outputs and low-res logits (M, 256, 256) of those passing."""
+        """IoU predictions (B, 3) of the multimask outputs and low-res logits (M, rows, cols) of those passing,
+        only the part ``postprocess_masks`` reads (``model.low_res_extent``)."""
         model = self.model
-        state = model.attend(self.predictor.get_image_embedding(), coords, labels)
+        predictor = self.predictor
+        state = model.attend(predictor.get_image_embedding(), coords, labels, image_side=predictor.decoder_image_side())
         iou_preds = model.mask_decoder.predict_iou(state)[:, 1:]
         keep = self._passes_iou(iou_preds)
         prompts = keep.any(dim=1).nonzero().flatten()
+        extent = model.low_res_extent(predictor.input_size)  # logits of the frame's padding are never resized
         if len(prompts) == 0:  # no prompt of this batch has a mask worth computing
-            size = model.low_res_size
-            return iou_preds, iou_preds.new_zeros((0, size, size))
+            return iou_preds, iou_preds.new_zeros((0, *extent))
         if len(prompts) == len(keep):
-            low_res = model.mask_decoder.mask_logits(state, slice(1, None))
+            low_res = model.mask_decoder.mask_logits(state, slice(1, None), extent)
         else:  # masks of prompts with no IoU above the threshold are never computed
             kept = DecoderState(state.tokens[prompts], state.image_tokens[prompts], state.size)
-            low_res = model.mask_decoder.mask_logits(kept, slice(1, None))
+            low_res = model.mask_decoder.mask_logits(kept, slice(1, None), extent)
         return iou_preds, low_res[keep[prompts]]
 
     def _passes_iou(self, iou_preds: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .models import EfficientViTSam
 from .models.sam import LOW_RES_MASK_SIZE
+from .models.transformer import ImageSide
 from .transforms import PROMPT_FRAME, SamTransform, as_rgb_uint8, get_preprocess_shape
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
@@ -131,6 +132,7 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self._decoder_side: tuple[int, ImageSide] | None = None
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
@@ -167,6 +169,20 @@ class SamPredictor:
         """The (1, 256, 64, 64) embedding of the current image."""
         self._require_image()
         return self.features
+
+    def decoder_image_side(self) -> ImageSide:
+        """The decoder's prompt-independent work on the current image (``model.prepare_decoder``).
+
+        Computed on the first prompt and reused by every later one until the image (or the decoder's
+        weights) change: it is a third of the decoder's work for one prompt.
+        """
+        self._require_image()
+        version = sum(p._version for p in self.model.mask_decoder.parameters()) + sum(
+            p._version for p in self.model.prompt_encoder.parameters()
+        )
+        if self._decoder_side is None or self._decoder_side[0] != version:
+            self._decoder_side = (version, self.model.prepare_decoder(self.features))
+        return self._decoder_side[1]
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -244,8 +260,11 @@ class SamPredictor:
         """
         self._require_image()
         validate_prompts(point_coords, point_labels, boxes, mask_input, self.model.low_res_size)
+        side = {}
+        if self.engine.runtime == "torch" and mask_input is None:
+            side = {"image_side": self.decoder_image_side()}
         low_res, scores = self.engine.decode(
-            self.features, point_coords, point_labels, boxes, mask_input, multimask_output
+            self.features, point_coords, point_labels, boxes, mask_input, multimask_output, **side
         )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:

@@ -32,7 +32,7 @@ from .onnx_export import OPSET, export_encoder, export_prompt_decoder
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 # Bump when the graphs change, so stale cached exports are never reused.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 MAX_STATIC_DECODERS = 8
 
 
@@ -112,8 +112,13 @@ class TorchEngine:
         with torch.autocast(self.model.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
             return self.model.encode(self.model.preprocess(images))
 
-    def decode(self, embeddings, point_coords, point_labels, boxes, mask_input, multimask_output: bool):
-        return self.model.decode(embeddings, point_coords, point_labels, boxes, mask_input, multimask_output)
+    def decode(
+        self, embeddings, point_coords, point_labels, boxes, mask_input, multimask_output: bool, image_side=None
+    ):
+        """``image_side``: ``model.prepare_decoder(embeddings)``, reused across prompts (see SamPredictor)."""
+        return self.model.decode(
+            embeddings, point_coords, point_labels, boxes, mask_input, multimask_output, image_side
+        )
 
 
 def sam_prompts(

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import ImageSide, TwoWayTransformer
 
 
 class DecoderState(NamedTuple):
@@ -93,37 +93,61 @@ class MaskDecoder(nn.Module):
         state = self.attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         return self.mask_logits(state), self.predict_iou(state)
 
+    def prepare_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        projected_pe: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None,
+    ) -> ImageSide:
+        """The transformer's prompt-independent work on one image, for ``attend(..., image_side=...)``
+        (``projected_pe``: ``transformer.project_pe(image_pe)``, if kept from an earlier image)."""
+        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings, image_pe, projected_pe)
+
     def attend(
         self,
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_side: ImageSide | None = None,
     ) -> DecoderState:
         """The two-way transformer: the expensive half, shared by IoU and mask outputs.
 
         The image side is never repeated per prompt: with one embedding and no mask prompt
         (dense embeddings of batch 1), the first layer's image projections run once for all
-        prompts and broadcast, instead of once per prompt.
+        prompts and broadcast, instead of once per prompt; ``image_side`` (from ``prepare_image``
+        on the same embedding and dense embeddings) reuses them across calls.
         """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(batch, *output_tokens.shape), sparse_prompt_embeddings], dim=1
         )
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] not in (1, batch):
-            raise ValueError(f"image embeddings must have batch 1 or {batch} (one per prompt), got {src.shape[0]}")
-        h, w = src.shape[-2:]
-        hs, image_tokens = self.transformer(src, image_pe, tokens)
+        images = max(image_embeddings.shape[0], dense_prompt_embeddings.shape[0])
+        if images not in (1, batch):
+            raise ValueError(f"image embeddings must have batch 1 or {batch} (one per prompt), got {images}")
+        if image_side is None:
+            image_side = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        h, w = image_embeddings.shape[-2:]
+        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side)
         return DecoderState(hs, image_tokens.expand(batch, *image_tokens.shape[1:]), (h, w))
 
     def predict_iou(self, state: DecoderState) -> torch.Tensor:
         """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""
         return self.iou_prediction_head(state.tokens[:, 0, :])
 
-    def mask_logits(self, state: DecoderState, selected: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def mask_logits(
+        self,
+        state: DecoderState,
+        selected: slice | torch.Tensor = slice(None),
+        extent: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Low-res logits (B, K, 4h, 4w) of the ``selected`` mask tokens (default all four).
+
+        ``extent`` (rows, columns of low-res pixels, multiples of 4) computes only that top-left part:
+        each 4x4 block of logits depends on one image token alone, so the rest (padding of a
+        non-square image) can be skipped when only the resized masks are wanted.
 
         The two stride-2 transposed convolutions are per-pixel linear maps, so they run as
         matrix products on the (B, h*w, C) token layout the transformer already produced, with
@@ -133,9 +157,16 @@ class MaskDecoder(nn.Module):
         mask_tokens = state.tokens[:, 1 : 1 + self.num_mask_tokens, :]
         indices = range(self.num_mask_tokens)[selected] if isinstance(selected, slice) else selected.tolist()
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
-        b, n, _ = state.image_tokens.shape
-        h, w = state.size
-        x = torch.addmm(conv1.bias.repeat(4), state.image_tokens.reshape(b * n, -1), _pixel_linear(conv1.weight))
+        image_tokens, (h, w) = state.image_tokens, state.size
+        b = image_tokens.shape[0]
+        if extent is not None and (extent[0] // 4, extent[1] // 4) != (h, w):
+            if extent[0] % 4 or extent[1] % 4 or not (0 < extent[0] <= 4 * h and 0 < extent[1] <= 4 * w):
+                raise ValueError(f"extent must be multiples of 4 within (1..{4 * h}, 1..{4 * w}), got {extent}")
+            image_tokens = image_tokens.view(b, h, w, -1)[:, : extent[0] // 4, : extent[1] // 4]
+            h, w = extent[0] // 4, extent[1] // 4
+            image_tokens = image_tokens.reshape(b, h * w, -1)
+        n = h * w
+        x = torch.addmm(conv1.bias.repeat(4), image_tokens.reshape(b * n, -1), _pixel_linear(conv1.weight))
         x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
         x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
         masks = x.view(b, n * 16, -1) @ hyper_in.transpose(1, 2)  # (B, pixels, K), pixels in (y, x, dy1, dx1, dy2, dx2)

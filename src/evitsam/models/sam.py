@@ -19,7 +19,7 @@ from .blocks import LayerNorm2d
 from .mask_decoder import DecoderState, MaskDecoder
 from .neck import EMBED_DIM, EMBED_SIZE, SamNeck
 from .prompt_encoder import PromptEncoder
-from .transformer import TwoWayTransformer
+from .transformer import ImageSide, TwoWayTransformer
 
 PROMPT_FRAME = 1024
 LOW_RES_MASK_SIZE = 4 * EMBED_SIZE  # of the official models; ``model.low_res_size`` in general
@@ -83,6 +83,7 @@ class EfficientViTSam(nn.Module):
         super().__init__()
         self.config = config
         self.image_size = (PROMPT_FRAME, config.encoder_size)
+        self._pe_cache: tuple[tuple, tuple] | None = None  # see _projected_pe
         self.image_encoder = EfficientViTSamImageEncoder(config)
         self.prompt_encoder = PromptEncoder(
             embed_dim=EMBED_DIM,
@@ -134,14 +135,39 @@ class EfficientViTSam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the 1024 frame -> low-res logits (B, C, 4G, 4G) and IoU predictions (B, C).
 
-        ``image_embeddings`` is (1, 256, G, G) (shared by every prompt) or one per prompt.
+        ``image_embeddings`` is (1, 256, G, G) (shared by every prompt) or one per prompt;
+        ``image_side`` is ``prepare_decoder(image_embeddings)``, reused across calls on one image.
         """
-        state = self.attend(image_embeddings, point_coords, point_labels, boxes, mask_input)
+        state = self.attend(image_embeddings, point_coords, point_labels, boxes, mask_input, image_side)
         with torch.autocast(image_embeddings.device.type, enabled=False):
             return self.mask_decoder.outputs(state, multimask_output)
+
+    def prepare_decoder(self, image_embeddings: torch.Tensor) -> ImageSide:
+        """The decoder's prompt-independent work on one image embedding (1, 256, G, G): the first
+        layer's image projections and the PE projections, which every prompt without a mask prompt
+        shares. Pass it as ``image_side`` to ``decode``/``attend`` on the same embedding."""
+        with torch.autocast(image_embeddings.device.type, enabled=False):
+            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+            projected = self._projected_pe()
+            pe = self.prompt_encoder.get_dense_pe() if projected is None else None
+            return self.mask_decoder.prepare_image(image_embeddings.float(), pe, dense, projected)
+
+    def _projected_pe(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+        """The decoder's positional encodings, projected, kept while the weights stay the same (they do
+        not depend on the image; two thirds of ``prepare_decoder``'s work). Not kept when training."""
+        if torch.is_grad_enabled():
+            return None
+        tensors = [self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix]
+        tensors += list(self.mask_decoder.transformer.parameters())
+        key = tuple((t.device, t.data_ptr(), t._version) for t in tensors)
+        if self._pe_cache is None or self._pe_cache[0] != key:
+            pe = self.prompt_encoder.get_dense_pe()
+            self._pe_cache = (key, self.mask_decoder.transformer.project_pe(pe))
+        return self._pe_cache[1]
 
     def attend(
         self,
@@ -150,17 +176,21 @@ class EfficientViTSam(nn.Module):
         point_labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
+        image_side: ImageSide | None = None,
     ) -> DecoderState:
         """The first half of ``decode``: prompt encoding and the decoder's transformer.
 
         Callers that need IoU predictions before masks (automatic mask generation) finish with
         ``mask_decoder.predict_iou`` and ``mask_decoder.mask_logits`` on the prompts they keep.
+        ``image_side`` is ignored with a mask prompt (which changes the image side per prompt).
         """
         points = (point_coords, point_labels) if point_coords is not None else None
         # The decoder is cheap next to the encoder; running it in fp32 keeps masks stable under autocast.
         with torch.autocast(image_embeddings.device.type, enabled=False):
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            return self.mask_decoder.attend(image_embeddings.float(), self.prompt_encoder.get_dense_pe(), sparse, dense)
+            side = image_side if mask_input is None else None
+            pe = self.prompt_encoder.get_dense_pe() if side is None else side.key_pe  # the side holds it already
+            return self.mask_decoder.attend(image_embeddings.float(), pe, sparse, dense, side)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -168,16 +198,38 @@ class EfficientViTSam(nn.Module):
         """Low-res logits -> 1024 frame -> crop the image's ``input_size`` -> ``original_size``.
 
         SAM does this as two bilinear resizes through a padded 1024x1024 intermediate. Both are
-        linear along each axis, so they compose into one (out, 256) matrix per axis and the whole
+        linear along each axis, so they compose into one (out, low) matrix per axis and the whole
         step is two matrix products: the same values (to float rounding) without materialising
         the 1024x1024 frame, faster for every caller and much faster for "segment everything".
+        ``masks`` may also be only the top-left ``low_res_extent(input_size)`` of the low-res
+        logits (the rest is padding the resize never reads).
         """
-        low_h, low_w = masks.shape[-2:]
-        rows = _resize_matrix(low_h, input_size[0], original_size[0], masks.device).to(masks.dtype)
-        cols = _resize_matrix(low_w, input_size[1], original_size[1], masks.device).to(masks.dtype)
+        low = max(self.low_res_size, *masks.shape[-2:])
+        sizes = (*input_size, *original_size)
+        static = all(isinstance(size, int) for size in sizes) and not torch.jit.is_tracing()
+        if static and any(n < low and n < _read_extent(low, crop) for n, crop in zip(masks.shape[-2:], input_size)):
+            needed = self.low_res_extent(input_size)
+            raise ValueError(f"masks must cover at least the low-res extent {needed}, got {tuple(masks.shape[-2:])}")
+        if static and masks.shape[:-2].numel() <= BANDED_MASKS:
+            # Each output pixel reads at most 3x3 low-res pixels: products restricted to each band's
+            # non-zero columns (same sums without the zero terms; 3-4x faster for one to three masks).
+            # Many masks at once keep the dense products, whose big GEMMs are the faster there.
+            rows, row_bands = _resize_operator(low, input_size[0], original_size[0], masks.device)
+            cols, col_bands = _resize_operator(low, input_size[1], original_size[1], masks.device)
+            return _banded_resize(masks, rows.to(masks.dtype), row_bands, cols.to(masks.dtype), col_bands)
+        # Many masks, or sizes read from tensors (a traced, exported graph: sizes stay symbolic): dense.
+        rows = _resize_matrix(low, input_size[0], original_size[0], masks.device)[:, : masks.shape[-2]]
+        cols = _resize_matrix(low, input_size[1], original_size[1], masks.device)[:, : masks.shape[-1]]
+        rows, cols = rows.to(masks.dtype), cols.to(masks.dtype)
         if original_size[0] <= original_size[1]:  # the cheaper order of the two products
             return (rows @ masks) @ cols.T
         return rows @ (masks @ cols.T)
+
+    def low_res_extent(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Low-res rows and columns (multiples of 4: whole embedding cells) that ``postprocess_masks``
+        reads for an image of ``input_size``; the others only cover the padding of the 1024 frame."""
+        low = self.low_res_size
+        return tuple(min(low, -(-_read_extent(low, side) // 4) * 4) for side in input_size)
 
 
 def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
@@ -196,6 +248,46 @@ def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
     matrix.index_put_((rows, i0), (1 - frac).double(), accumulate=True)
     matrix.index_put_((rows, i1), frac.double(), accumulate=True)
     return matrix
+
+
+@functools.lru_cache(maxsize=32)
+def _read_extent(low: int, crop: int) -> int:
+    """How many leading low-res pixels the resize to the 1024 frame reads for its first ``crop`` pixels."""
+    used = _bilinear_matrix(low, PROMPT_FRAME)[:crop].abs().sum(dim=0).nonzero()
+    return int(used.max()) + 1
+
+
+BAND_ROWS = 64  # output pixels per band of the banded resize products
+BANDED_MASKS = 4  # up to this many masks per call use the banded products (interactive prompts)
+
+
+def _banded_resize(
+    masks: torch.Tensor, rows: torch.Tensor, row_bands: tuple, cols: torch.Tensor, col_bands: tuple
+) -> torch.Tensor:
+    """``rows @ masks @ cols.T`` per mask, each band of output rows/columns reading only its non-zero
+    inputs; the full-size result is written once, in place, band by band."""
+    flat = masks.reshape(-1, *masks.shape[-2:])
+    out = masks.new_empty(flat.shape[0], rows.shape[0], cols.shape[0])
+    for mask, target in zip(flat, out):
+        across = torch.cat([mask[:, k0:k1] @ cols[c0:c1, k0:k1].T for c0, c1, k0, k1 in col_bands], dim=1)
+        for r0, r1, k0, k1 in row_bands:
+            torch.mm(rows[r0:r1, k0:k1], across[k0:k1], out=target[r0:r1])
+    return out.view(*masks.shape[:-2], *out.shape[-2:])
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_operator(
+    low: int, crop: int, out: int, device: torch.device
+) -> tuple[torch.Tensor, tuple[tuple[int, int, int, int], ...]]:
+    """``_resize_matrix`` and its bands: (first, last + 1 output index, first, last + 1 non-zero input index)."""
+    matrix = _resize_matrix(low, crop, out, device)
+    nonzero = matrix.cpu() != 0
+    bands = []
+    for r0 in range(0, out, BAND_ROWS):
+        r1 = min(out, r0 + BAND_ROWS)
+        used = nonzero[r0:r1].any(dim=0).nonzero().flatten()
+        bands.append((r0, r1, int(used.min()), int(used.max()) + 1) if len(used) else (r0, r1, 0, 1))
+    return matrix, tuple(bands)
 
 
 @functools.lru_cache(maxsize=32)
