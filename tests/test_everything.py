@@ -294,6 +294,7 @@ def test_cli_runs_everything_on_openvino(tiny_checkpoint, shared_data, tmp_path,
         (["{photo}", "-o", "out", "--format", "tiff"], "--format 'tiff': expected one of coco, json, png"),
         (["{photo}", "-o", "out", "--model", "l0", "--checkpoint", "x.pt"], "mutually exclusive"),
         (["{empty}", "-o", "out"], "no image files in folder"),
+        (["{photo}", "-o", "out", "--pred-iou-thresh", "1.5"], "--pred-iou-thresh 1.5: expected a number in [0, 1]"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, shared_data, tmp_path):

@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from .files import atomic_write
 from .predictor import SamPredictor
-from .variants import DEFAULT_VARIANT, HF_REPO
+from .variants import DEFAULT_VARIANT, HF_REPO, get_variant
 from .weights import cache_dir, convert_checkpoint, load_model
 
 # Errors a user can cause (CheckpointError is a ValueError, FileNotFoundError an OSError).
@@ -357,6 +357,12 @@ def everything(
     sampling: Annotated[
         str, typer.Option(metavar="grid|coverage", help="coverage: skip points inside kept masks (faster).")
     ] = "grid",
+    pred_iou_thresh: Annotated[
+        float | None, typer.Option(metavar="X", help="Keep masks with predicted IoU above X [default: the model's].")
+    ] = None,
+    stability_score_thresh: Annotated[
+        float | None, typer.Option(metavar="X", help="Keep masks this stable [default: the model's].")
+    ] = None,
     device: DeviceOption = "cpu",
     runtime: RuntimeOption = "torch",
     precision: PrecisionOption = "fp32",
@@ -370,6 +376,9 @@ def everything(
     if fmt not in FORMATS:
         raise ValueError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
     check_options(runtime, precision)
+    for option, value in [("--pred-iou-thresh", pred_iou_thresh), ("--stability-score-thresh", stability_score_thresh)]:
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{option} {value}: expected a number in [0, 1]")
     name_or_path = model_source(model, checkpoint)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output '{output}' exists and is not a folder")
@@ -378,9 +387,14 @@ def everything(
         open_image(source)  # a single unreadable image is an error, not a warning
     sam = load_cli_model(name_or_path, variant, device)
     predictor = _predictor(sam, runtime, precision, calibration)
-    generator = MaskGenerator(predictor, points_per_side=points_per_side, sampling=sampling)
+    iou_default, stability_default = get_variant(sam.variant).everything_thresholds  # SAM's 0.88/0.95 for l0..xl1
+    filters = {
+        "pred_iou_thresh": iou_default if pred_iou_thresh is None else pred_iou_thresh,
+        "stability_score_thresh": stability_default if stability_score_thresh is None else stability_score_thresh,
+    }
+    generator = MaskGenerator(predictor, points_per_side=points_per_side, sampling=sampling, **filters)
     summary = segment_everything(generator, files, output, fmt, overlay, open_image=open_image)
-    runtime_summary = {"runtime": predictor.runtime, "precision": predictor.precision}
+    runtime_summary = {"runtime": predictor.runtime, "precision": predictor.precision} | filters
     typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | runtime_summary | summary, indent=2))
 
 

@@ -28,6 +28,9 @@ class Variant:
     weights_file: str | None = None  # file name in the Hugging Face repo
     sha256: str | None = None
     bundled_file: str | None = None  # file name in evitsam/assets/: weights shipped inside the package
+    # (pred_iou_thresh, stability_score_thresh) that `evitsam everything` uses for this model when not
+    # given: SAM's 0.88 / 0.95 suit the official models; a small model's IoU head predicts lower.
+    everything_thresholds: tuple[float, float] = (0.88, 0.95)
 
     @property
     def name(self) -> str:

@@ -216,7 +216,8 @@ class EfficientViTSam(nn.Module):
             # Many masks at once keep the dense products, whose big GEMMs are the faster there.
             rows, row_bands = _resize_operator(low, input_size[0], original_size[0], masks.device)
             cols, col_bands = _resize_operator(low, input_size[1], original_size[1], masks.device)
-            return _banded_resize(masks, rows.to(masks.dtype), row_bands, cols.to(masks.dtype), col_bands)
+            with torch.autocast(masks.device.type, enabled=False):  # written in place: in the masks' dtype
+                return _banded_resize(masks, rows.to(masks.dtype), row_bands, cols.to(masks.dtype), col_bands)
         # Many masks, or sizes read from tensors (a traced, exported graph: sizes stay symbolic): dense.
         rows = _resize_matrix(low, input_size[0], original_size[0], masks.device)[:, : masks.shape[-2]]
         cols = _resize_matrix(low, input_size[1], original_size[1], masks.device)[:, : masks.shape[-1]]
