@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from evitsam import MaskGenerator, SamPredictor, build_model
 from evitsam.cli import app
-from evitsam.masks import decode_rle, encode_rle, masks_to_boxes, uncompressed_rle
+from evitsam.masks import decode_rle, encode_rle, masks_to_boxes, rle_area, uncompressed_rle
 
 official_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="install the [test] extra")
 from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGenerator  # noqa: E402
@@ -333,3 +333,12 @@ def test_masks_skip_the_padding_rows_and_columns_exactly(input_size):
     )
     with pytest.raises(ValueError, match="extent must be multiples of 4"):
         model.mask_decoder.mask_logits(state, slice(1, None), (6, 8))
+
+
+def test_areas_of_many_masks():
+    """pycocotools' area() overflows at 256 RLEs; every-point output without filters has thousands."""
+    masks = torch.zeros(600, 9, 7, dtype=torch.bool)
+    for i in range(600):
+        masks[i, : i % 9 + 1, : i % 7 + 1] = True
+    assert rle_area(encode_rle(masks)) == [(i % 9 + 1) * (i % 7 + 1) for i in range(600)]
+    assert rle_area([]) == []

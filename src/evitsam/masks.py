@@ -132,8 +132,13 @@ def decode_rle(rles: list[dict[str, Any]]) -> np.ndarray:
     return np.ascontiguousarray(mask_utils.decode(compressed).transpose(2, 0, 1)).astype(bool)
 
 
+# pycocotools 2.0.11's ``area`` sizes an internal uint8 array by the number of RLEs: 256 or more raise
+# OverflowError (seen with "everything" and its filters off), so areas are asked for in chunks.
+AREA_CHUNK = 255
+
+
 def rle_area(rles: list[dict[str, Any]]) -> list[int]:
-    return [int(a) for a in mask_utils.area(rles)] if rles else []
+    return [int(a) for i in range(0, len(rles), AREA_CHUNK) for a in mask_utils.area(rles[i : i + AREA_CHUNK])]
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
