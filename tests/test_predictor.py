@@ -194,6 +194,9 @@ def test_postprocess_masks_is_sams_two_resizes(masks, original):
     assert ours.shape == reference.shape
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-3)
     assert ((ours > 0) == (reference > 0)).float().mean() > 0.99999
+    for threshold in (0.0, 1.5):  # thresholded band by band: exactly the logits' comparison
+        binary = model.postprocess_masks(low, input_size, original, threshold=threshold)
+        assert binary.dtype == torch.bool and torch.equal(binary, ours > threshold)
     extent = model.low_res_extent(input_size)  # the padding rows/columns are never read
     torch.testing.assert_close(model.postprocess_masks(low[..., : extent[0], : extent[1]], input_size, original), ours)
     if extent[0] > 4:

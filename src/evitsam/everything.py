@@ -42,7 +42,6 @@ from .masks import (
     uncompressed_rle,
 )
 from .models import EfficientViTSam
-from .models.mask_decoder import DecoderState
 from .predictor import SamPredictor
 from .transforms import as_rgb_uint8
 
@@ -311,8 +310,7 @@ class MaskGenerator:
         if len(prompts) == len(keep):
             low_res = model.mask_decoder.mask_logits(state, slice(1, None), extent)
         else:  # masks of prompts with no IoU above the threshold are never computed
-            kept = DecoderState(state.tokens[prompts], state.image_tokens[prompts], state.size)
-            low_res = model.mask_decoder.mask_logits(kept, slice(1, None), extent)
+            low_res = model.mask_decoder.mask_logits(state.select(prompts), slice(1, None), extent)
         return iou_preds, low_res[keep[prompts]]
 
     def _passes_iou(self, iou_preds: torch.Tensor) -> torch.Tensor:

@@ -266,7 +266,6 @@ class SamPredictor:
         low_res, scores = self.engine.decode(
             self.features, point_coords, point_labels, boxes, mask_input, multimask_output, **side
         )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        threshold = None if return_logits else self.model.mask_threshold
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, threshold)
         return masks, scores, low_res

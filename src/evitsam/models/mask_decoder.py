@@ -9,15 +9,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import LayerNorm2d
-from .transformer import ImageSide, TwoWayTransformer
+from .transformer import ImageSide, ImageUpdate, TwoWayTransformer
 
 
 class DecoderState(NamedTuple):
-    """What the transformer leaves for the output heads: tokens (B, T, C), image tokens (B, h*w, C)."""
+    """What the transformer leaves for the output heads: tokens (B, T, C), image tokens (B, h*w, C);
+    with a prepared shared image, also how each layer changed the image tokens (``updates``) and the
+    image's up-scaling product (``upscaled``), which make the masks' first product low-rank."""
 
     tokens: torch.Tensor
     image_tokens: torch.Tensor
     size: tuple[int, int]
+    updates: tuple[ImageUpdate, ...] = ()
+    upscaled: torch.Tensor | None = None
+
+    def select(self, prompts: torch.Tensor) -> DecoderState:
+        """The state of these prompts only (an index or mask over the batch)."""
+        updates = tuple(ImageUpdate(*(t[prompts] for t in update)) for update in self.updates)
+        return DecoderState(self.tokens[prompts], self.image_tokens[prompts], self.size, updates, self.upscaled)
 
 
 class MLP(nn.Module):
@@ -101,8 +110,23 @@ class MaskDecoder(nn.Module):
         projected_pe: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None,
     ) -> ImageSide:
         """The transformer's prompt-independent work on one image, for ``attend(..., image_side=...)``
-        (``projected_pe``: ``transformer.project_pe(image_pe)``, if kept from an earlier image)."""
-        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings, image_pe, projected_pe)
+        (``projected_pe``: ``transformer.project_pe(image_pe)``, if kept from an earlier image).
+
+        At inference a shared image (batch 1) also gets its tokens through the first up-scaling product,
+        every layer's norm scale folded in: with it, each prompt's product is low-rank (``mask_logits``).
+        """
+        side = self.transformer.prepare(image_embeddings + dense_prompt_embeddings, image_pe, projected_pe)
+        if side.keys.shape[0] == 1 and not torch.is_grad_enabled():
+            side = side._replace(upscaled=side.keys[0] @ self._folded_upscaling()[0])
+        return side
+
+    def _folded_upscaling(self) -> list[torch.Tensor]:
+        """The first up-scaling product's (C, 4C') matrix with the scales of the norms after layers
+        l+1.. folded in, for l = 0 (the image as prepared) .. depth (the final image tokens)."""
+        matrices = [_pixel_linear(self.output_upscaling[0].weight)]
+        for layer in reversed(self.transformer.layers):
+            matrices.insert(0, layer.norm4.weight[:, None] * matrices[0])
+        return matrices
 
     def attend(
         self,
@@ -127,11 +151,16 @@ class MaskDecoder(nn.Module):
         images = max(image_embeddings.shape[0], dense_prompt_embeddings.shape[0])
         if images not in (1, batch):
             raise ValueError(f"image embeddings must have batch 1 or {batch} (one per prompt), got {images}")
+        factored = image_side is not None and image_side.upscaled is not None and not torch.is_grad_enabled()
         if image_side is None:
             image_side = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
         h, w = image_embeddings.shape[-2:]
-        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side)
-        return DecoderState(hs, image_tokens.expand(batch, *image_tokens.shape[1:]), (h, w))
+        updates = [] if factored else None
+        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side, updates)
+        image_tokens = image_tokens.expand(batch, *image_tokens.shape[1:])
+        if not factored:
+            return DecoderState(hs, image_tokens, (h, w))
+        return DecoderState(hs, image_tokens, (h, w), tuple(updates), image_side.upscaled)
 
     def predict_iou(self, state: DecoderState) -> torch.Tensor:
         """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""
@@ -152,26 +181,79 @@ class MaskDecoder(nn.Module):
         The two stride-2 transposed convolutions are per-pixel linear maps, so they run as
         matrix products on the (B, h*w, C) token layout the transformer already produced, with
         one fused layer norm: no NCHW copies, no per-pixel reductions over strided memory.
+
+        With a prepared shared image (``state.upscaled``) the first product is not taken on the final
+        image tokens: each layer changed them by a rank-(heads x tokens) term and a per-token norm, so
+        the product is the prepared image's, rescaled per token, plus a low-rank product (less than
+        half the work; the same values to float rounding).
         """
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         mask_tokens = state.tokens[:, 1 : 1 + self.num_mask_tokens, :]
         indices = range(self.num_mask_tokens)[selected] if isinstance(selected, slice) else selected.tolist()
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
-        image_tokens, (h, w) = state.image_tokens, state.size
-        b = image_tokens.shape[0]
+        grid = state.size
+        h, w = grid
+        b = state.image_tokens.shape[0]
         if extent is not None and (extent[0] // 4, extent[1] // 4) != (h, w):
             if extent[0] % 4 or extent[1] % 4 or not (0 < extent[0] <= 4 * h and 0 < extent[1] <= 4 * w):
                 raise ValueError(f"extent must be multiples of 4 within (1..{4 * h}, 1..{4 * w}), got {extent}")
-            image_tokens = image_tokens.view(b, h, w, -1)[:, : extent[0] // 4, : extent[1] // 4]
             h, w = extent[0] // 4, extent[1] // 4
-            image_tokens = image_tokens.reshape(b, h * w, -1)
         n = h * w
-        x = torch.addmm(conv1.bias.repeat(4), image_tokens.reshape(b * n, -1), _pixel_linear(conv1.weight))
+        if state.upscaled is not None and state.updates:
+            x = self._factored_upscaling(state, grid, (h, w)).view(b * n, -1)
+        else:
+            image_tokens = _crop(state.image_tokens, grid, (h, w)).reshape(b * n, -1)
+            x = torch.addmm(conv1.bias.repeat(4), image_tokens, _pixel_linear(conv1.weight))
         x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
         x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
         masks = x.view(b, n * 16, -1) @ hyper_in.transpose(1, 2)  # (B, pixels, K), pixels in (y, x, dy1, dx1, dy2, dx2)
         masks = masks.view(b, h, w, 2, 2, 2, 2, len(indices)).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, len(indices), 4 * h, 4 * w)
+
+    def _factored_upscaling(self, state: DecoderState, grid: tuple[int, int], part: tuple[int, int]) -> torch.Tensor:
+        """The first up-scaling product (B, n, 4C') of the final image tokens, from the prepared image's.
+
+        Layer j turned keys x into ``x' = norm(x + A V)`` = ``r * (x + A V - mu) * g + beta`` per token
+        (r = 1 / std). For a matrix M, ``x' M = r * (x (g M) + A (V g M) - mu * sum(g M)) + beta M``, so
+        unrolled from the prepared image's ``x0 (g_1 .. g_L M)`` every term but the first is a product
+        with (heads x tokens) or fewer columns: one rescale of the prepared product and one thin GEMM.
+        """
+        matrices = self._folded_upscaling()  # matrices[j]: M with the scales of norms j+1.. folded in
+        updates = state.updates
+        bias = self.output_upscaling[0].bias.repeat(4)
+        scales: list[torch.Tensor] = [torch.empty(0)] * len(updates)  # s_j: product of r_j .. r_last
+        for j in reversed(range(len(updates))):
+            r = _crop(updates[j].rstd, grid, part)
+            scales[j] = r if j == len(updates) - 1 else r * scales[j + 1]
+        b, n = scales[0].shape[:2]
+        ranks = [update.weights.shape[-1] for update in updates]
+        # the thin product's left side, transposed (rows read the attention weights in their own
+        # layout), written in place: per layer s_j * A_j, -s_j * mu_j, then s_j for j > 0
+        left = scales[0].new_empty(b, sum(ranks) + 2 * len(updates) - 1, n)
+        right = []
+        row = 0
+        for j, update in enumerate(updates):
+            scale = scales[j].transpose(1, 2)
+            torch.mul(_crop(update.weights, grid, part).transpose(1, 2), scale, out=left[:, row : row + ranks[j]])
+            row += ranks[j]
+            torch.mul(_crop(update.mean, grid, part).transpose(1, 2), scale, out=left[:, row : row + 1]).neg_()
+            right += [update.values @ matrices[j], matrices[j].sum(dim=0).expand(b, 1, -1)]
+            row += 1
+            if j > 0:  # the previous norm's shift through this layer's rescaling
+                left[:, row : row + 1] = scale
+                right.append((self.transformer.layers[j - 1].norm4.bias @ matrices[j]).expand(b, 1, -1))
+                row += 1
+        constant = self.transformer.layers[-1].norm4.bias @ matrices[-1] + bias
+        x = torch.addcmul(constant, _crop(state.upscaled[None], grid, part), scales[0])
+        return x.baddbmm_(left.transpose(1, 2), torch.cat(right, dim=1))
+
+
+def _crop(tokens: torch.Tensor, grid: tuple[int, int], part: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w, X) tokens of an (h, w) grid -> (B, h'*w', X), the top-left (h', w') part."""
+    if part == grid:
+        return tokens
+    b = tokens.shape[0]
+    return tokens.reshape(b, *grid, -1)[:, : part[0], : part[1]].reshape(b, part[0] * part[1], -1)
 
 
 def _pixel_linear(weight: torch.Tensor) -> torch.Tensor:

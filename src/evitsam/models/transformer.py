@@ -29,6 +29,23 @@ class ImageSide(NamedTuple):
     keys: torch.Tensor  # (1 or B, N, C) image tokens, token-major
     key_pe: torch.Tensor  # (1, N, C)
     projections: tuple[ImageProjection, ...]  # per cross-attention, in the order the transformer calls them
+    # (N, K) a shared image's tokens through the mask decoder's first up-scaling product, every norm's
+    # scale folded in (``MaskDecoder.prepare_image``); None where not prepared
+    upscaled: torch.Tensor | None = None
+
+
+class ImageUpdate(NamedTuple):
+    """One layer's change to the image tokens: ``keys = norm(keys + weights @ values)``.
+
+    The attention output has rank H*T (heads x prompt tokens, ~56) against the width C (256), so a
+    linear map of the new keys can be computed from the old keys' map and this low-rank term (see
+    ``MaskDecoder.mask_logits``). ``mean``/``rstd``: the norm's statistics per image token.
+    """
+
+    weights: torch.Tensor  # (B, N, H*T) attention weights
+    values: torch.Tensor  # (B, H*T, C) values with the output projection folded in
+    mean: torch.Tensor  # (B, N, 1)
+    rstd: torch.Tensor  # (B, N, 1)
 
 
 class Attention(nn.Module):
@@ -172,6 +189,19 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """``image + attention`` (residual included): image tokens (1 or B, N, C), queries ``image + image_pe``,
         attend to tokens (B, T, C)."""
+        weights, values = self.image_update(image, image_pe, tokens_k, tokens_v, projection)
+        return torch.baddbmm(image.expand(weights.shape[0], -1, -1), weights, values)
+
+    def image_update(
+        self,
+        image: torch.Tensor,
+        image_pe: torch.Tensor,
+        tokens_k: torch.Tensor,
+        tokens_v: torch.Tensor,
+        projection: ImageProjection | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image_to_tokens``'s attention output as the product ``weights @ values``:
+        (B, N, heads*T) attention weights and (B, heads*T, C) values, out_proj folded in."""
         b, t, _ = tokens_k.shape
         h = self.num_heads
         k = self.k_proj(tokens_k).view(b, t, h, -1)
@@ -187,7 +217,7 @@ class Attention(nn.Module):
             pe = projection.pe if projection is not None else None
             scores = self._image_scores(k, self.q_proj, image, image_pe, pe).view(b, h, t, -1)
         attn = scores.softmax(dim=2).reshape(b, h * t, -1)  # softmax over each head's T tokens
-        return torch.baddbmm(image.expand(b, -1, -1), attn.transpose(1, 2), v_out.reshape(b, h * t, -1))
+        return attn.transpose(1, 2), v_out.reshape(b, h * t, -1)
 
 
 class MLPBlock(nn.Module):
@@ -231,7 +261,9 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         projections: tuple[ImageProjection | None, ImageProjection | None] = (None, None),
+        updates: list[ImageUpdate] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``updates``: a list to append this layer's :class:`ImageUpdate` to (inference only)."""
         to_image, to_tokens = projections
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -245,7 +277,14 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, q, queries, to_tokens))
+        if updates is None:
+            keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, q, queries, to_tokens))
+            return queries, keys
+        weights, values = self.cross_attn_image_to_token.image_update(keys, key_pe, q, queries, to_tokens)
+        keys = torch.baddbmm(keys.expand(weights.shape[0], -1, -1), weights, values)
+        norm = self.norm4  # the same layer norm, keeping its statistics
+        keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        updates.append(ImageUpdate(weights, values, mean, rstd))
         return queries, keys
 
 
@@ -293,9 +332,9 @@ class TwoWayTransformer(nn.Module):
         image tokens are the same for every prompt when ``image_embedding`` has batch 1) and the PE
         projections of every cross-attention (``projected_pe``: ``project_pe(image_pe)`` if known).
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        if keys.shape[0] > 1:  # per-prompt images go through the folded path, which reads them token-major
-            keys = keys.contiguous()  # (a shared image is only read by the first layer's residual: no copy)
+        # token-major in memory: the folded path reads per-prompt images so, and every prompt's first
+        # residual copies a shared one (from a strided view that copy took twice as long)
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe, pes = projected_pe if projected_pe is not None else self.project_pe(image_pe)
         attentions = [
             m for layer in self.layers for m in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token)
@@ -313,14 +352,16 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         image_side: ImageSide | None = None,
+        updates: list[ImageUpdate] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns updated (tokens (B, T, C), image tokens (B, HW, C)); ``image_side`` from ``prepare``
-        on the same inputs skips the prompt-independent work."""
+        on the same inputs skips the prompt-independent work; ``updates`` (a list) receives each
+        layer's :class:`ImageUpdate`."""
         side = image_side if image_side is not None else self.prepare(image_embedding, image_pe)
         keys, key_pe, projections = side.keys, side.key_pe, side.projections
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2])
+            queries, keys = layer(queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2], updates)
         q = queries + point_embedding
         final = self.final_attn_token_to_image.tokens_to_image(q, keys, key_pe, projections[-1])
         queries = self.norm_final_attn(queries + final)
