@@ -175,7 +175,9 @@ def test_graphs_are_exported_once_per_set_of_weights(model, predictors, engine_c
     ("runtime", "precision", "message"),
     [
         ("tensorrt", "fp32", "runtime must be one of 'torch', 'onnxruntime', 'openvino'"),
-        ("torch", "fp16", "precision must be one of 'fp32', 'bf16', 'int8'"),
+        ("torch", "fp8", "precision must be one of 'fp32', 'bf16', 'fp16', 'int8'"),
+        ("torch", "fp16", "precision='fp16' runs on a CUDA GPU; the model is on cpu"),
+        ("openvino", "fp16", "precision='fp16' needs runtime='torch' on a CUDA GPU"),
         ("torch", "int8", "precision='int8' needs runtime='openvino'"),
         ("onnxruntime", "int8", "precision='int8' needs runtime='openvino'"),
         ("onnxruntime", "bf16", "runtime='onnxruntime' runs fp32 only"),

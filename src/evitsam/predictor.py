@@ -98,7 +98,7 @@ class SamPredictor:
         precision: str = "fp32",
         calibration: str | os.PathLike | list | None = None,
     ) -> None:
-        """``runtime`` "torch" | "onnxruntime" | "openvino" and ``precision`` "fp32" | "bf16" | "int8" choose
+        """``runtime`` "torch" | "onnxruntime" | "openvino" and ``precision`` "fp32" | "bf16" | "fp16" | "int8" choose
         the engine that runs the encoder and decoder (see ``evitsam.export.engines``); the API and the
         post-processing are the same for all. ``calibration`` (a folder or a list of photos) is needed
         once per set of weights for int8.

@@ -1,4 +1,4 @@
-"""Inference engines behind ``SamPredictor``: PyTorch, ONNX Runtime and OpenVINO, in fp32, bf16 or int8.
+"""Inference engines behind ``SamPredictor``: PyTorch, ONNX Runtime and OpenVINO, in fp32, bf16, fp16 (CUDA) or int8.
 
 An engine does the two expensive steps of the predictor, ``embed`` (encoder) and ``decode`` (prompt
 encoder + mask decoder, low-res logits); the predictor keeps resizing, prompt validation and mask
@@ -30,7 +30,7 @@ from ..weights import cache_dir
 from .onnx_export import OPSET, export_encoder, export_prompt_decoder
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # Bump when the graphs change, so stale cached exports are never reused.
 GRAPH_VERSION = 3
 MAX_STATIC_DECODERS = 8
@@ -50,6 +50,11 @@ def check_options(runtime: str, precision: str) -> None:
         raise ValueError(
             f"precision='int8' needs runtime='openvino' (NNCF post-training quantisation); "
             f"runtime={runtime!r} runs fp32 or bf16"
+        )
+    if precision == "fp16" and runtime != "torch":
+        raise ValueError(
+            f"precision='fp16' needs runtime='torch' on a CUDA GPU; runtime={runtime!r} runs on the CPU "
+            f"(use precision='bf16' there)"
         )
     if runtime == "onnxruntime" and precision != "fp32":
         raise ValueError(
@@ -94,23 +99,29 @@ def make_engine(
 
 
 class TorchEngine:
-    """The model itself; bf16 runs the encoder under autocast (attention and neck stay fp32)."""
+    """The model itself; bf16 (CPU or GPU) and fp16 (CUDA GPUs) run the encoder under autocast, with
+    its attention and neck in fp32: what makes our encoder fp16-safe where the official one overflows."""
 
     runtime = "torch"
 
     def __init__(self, model: EfficientViTSam, precision: str = "fp32") -> None:
         self.model = model
+        if precision == "fp16" and model.device.type != "cuda":
+            raise ValueError(
+                f"precision='fp16' runs on a CUDA GPU; the model is on {model.device} "
+                f"(move it with model.cuda(), or use precision='bf16' on CPUs with AVX512-BF16/AMX)"
+            )
         if precision == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
             precision = _fallback(precision, "is emulated on this CPU (no AVX512-BF16/AMX)")
         self.precision = precision
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(1, 3, h, w) float 0-255, long side = encoder size -> (1, 256, 64, 64) fp32 embedding."""
+        """(B, 3, h, w) float 0-255, long side = encoder size -> (B, 256, 64, 64) fp32 embeddings."""
         images = images.to(self.model.device, torch.float32)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         # fp32 must not open an autocast region: enabled=False would switch off a caller's own autocast.
-        bf16 = self.precision == "bf16"
-        with torch.autocast(self.model.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
-            return self.model.encode(self.model.preprocess(images))
+        with torch.autocast(self.model.device.type, dtype) if dtype else contextlib.nullcontext():
+            return self.model.encode(self.model.preprocess(images)).float()
 
     def decode(
         self, embeddings, point_coords, point_labels, boxes, mask_input, multimask_output: bool, image_side=None

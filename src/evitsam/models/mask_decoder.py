@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -204,6 +205,8 @@ class MaskDecoder(nn.Module):
         else:
             image_tokens = _crop(state.image_tokens, grid, (h, w)).reshape(b * n, -1)
             x = torch.addmm(conv1.bias.repeat(4), image_tokens, _pixel_linear(conv1.weight))
+        # in place at inference: the activations' fresh outputs cost more than their arithmetic
+        act1, act2 = (act1, act2) if torch.is_grad_enabled() else (_inplace(act1), _inplace(act2))
         x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
         x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
         masks = x.view(b, n * 16, -1) @ hyper_in.transpose(1, 2)  # (B, pixels, K), pixels in (y, x, dy1, dx1, dy2, dx2)
@@ -246,6 +249,11 @@ class MaskDecoder(nn.Module):
         constant = self.transformer.layers[-1].norm4.bias @ matrices[-1] + bias
         x = torch.addcmul(constant, _crop(state.upscaled[None], grid, part), scales[0])
         return x.baddbmm_(left.transpose(1, 2), torch.cat(right, dim=1))
+
+
+def _inplace(gelu: nn.GELU) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``gelu`` applied in place (GELU has no ``inplace`` flag)."""
+    return lambda x: torch.ops.aten.gelu_(x, approximate=gelu.approximate)
 
 
 def _crop(tokens: torch.Tensor, grid: tuple[int, int], part: tuple[int, int]) -> torch.Tensor:
