@@ -164,12 +164,20 @@ def test_decoder_image_side_is_reused_and_renewed(predictor):
         uncached, scores = predictor.model.decode(predictor.features, boxes=torch.as_tensor(boxes).float())
     np.testing.assert_allclose(first[2], uncached[0].numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(first[1], scores[0].numpy(), rtol=1e-5, atol=1e-5)
+    kept = [side.keys.clone(), side.upscaled.clone()]  # prompts (1, 2, 3+ at once) never write into it
+    for count in (1, 2, 3):
+        predictor.predict_torch(None, None, torch.as_tensor(boxes).float().repeat(count, 1))
+    assert torch.equal(side.keys, kept[0]) and torch.equal(side.upscaled, kept[1])
+    np.testing.assert_array_equal(predictor.predict(box=box, return_logits=True)[2], first[2])
 
     model = SamPredictor(randomize_(build_model("l0"), seed=7))
     model.set_image(load_photo("evit_cat.jpg")[:300, :200])
     before = model.predict(box=np.array([10, 10, 150, 250]), return_logits=True)[0]
     with torch.no_grad():  # weights changed in place (e.g. fine-tuning): the cached side is renewed
-        model.model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(3)
+        decoder = model.model.mask_decoder
+        decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(3)
+        decoder.transformer.layers[1].norm4.weight.mul_(-2)  # folded into the prepared up-scaling product
+        decoder.output_upscaling[0].weight.mul_(0.5)
     after = model.predict(box=np.array([10, 10, 150, 250]), return_logits=True)[0]
     fresh = SamPredictor(model.model)
     fresh.set_image(load_photo("evit_cat.jpg")[:300, :200])

@@ -202,7 +202,8 @@ RuntimeOption = Annotated[
     str, typer.Option(metavar="NAME", help="Engine: torch, onnxruntime or openvino (CPU, fastest).")
 ]
 PrecisionOption = Annotated[
-    str, typer.Option(metavar="NAME", help="fp32, bf16 (CPUs with AVX512-BF16/AMX), fp16 (CUDA GPUs) or int8 (openvino).")
+    str,
+    typer.Option(metavar="NAME", help="fp32, bf16 (CPUs with AVX512-BF16/AMX), fp16 (CUDA GPUs) or int8 (openvino)."),
 ]
 CalibrationOption = Annotated[
     Path | None, typer.Option(metavar="DIR", help="Photos to calibrate int8 on (once per set of weights).")

@@ -262,8 +262,10 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         projections: tuple[ImageProjection | None, ImageProjection | None] = (None, None),
         updates: list[ImageUpdate] | None = None,
+        keys_owned: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``updates``: a list to append this layer's :class:`ImageUpdate` to (inference only)."""
+        """``updates``: a list to append this layer's :class:`ImageUpdate` to (inference only); then
+        ``keys_owned`` says the keys are this call's alone (a previous layer's output), updated in place."""
         to_image, to_tokens = projections
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -281,7 +283,10 @@ class TwoWayAttentionBlock(nn.Module):
             keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, q, queries, to_tokens))
             return queries, keys
         weights, values = self.cross_attn_image_to_token.image_update(keys, key_pe, q, queries, to_tokens)
-        keys = torch.baddbmm(keys.expand(weights.shape[0], -1, -1), weights, values)
+        if keys_owned and keys.shape[0] == weights.shape[0]:
+            keys = keys.baddbmm_(weights, values)  # nobody reads these keys after this: in place
+        else:  # e.g. the first layer's keys: the prepared image, shared by every prompt
+            keys = torch.baddbmm(keys.expand(weights.shape[0], -1, -1), weights, values)
         norm = self.norm4  # the same layer norm, keeping its statistics
         keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         updates.append(ImageUpdate(weights, values, mean, rstd))
@@ -361,7 +366,9 @@ class TwoWayTransformer(nn.Module):
         keys, key_pe, projections = side.keys, side.key_pe, side.projections
         queries = point_embedding
         for i, layer in enumerate(self.layers):
-            queries, keys = layer(queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2], updates)
+            queries, keys = layer(
+                queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2], updates, keys_owned=i > 0
+            )
         q = queries + point_embedding
         final = self.final_attn_token_to_image.tokens_to_image(q, keys, key_pe, projections[-1])
         queries = self.norm_final_attn(queries + final)
