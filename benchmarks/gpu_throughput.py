@@ -5,7 +5,7 @@
 
 The paper's table (A100, TensorRT, fp16): L0 762 images/s, XL1 182 images/s. This measures PyTorch
 (eager, or ``torch.compile`` with ``--compile``) on whatever GPU runs it, both models with the official
-state dict randomised deterministically (``latency.randomised_state``) and loaded strictly into both.
+state dict randomised deterministically (``latency.build_models``) and loaded strictly into both.
 Inputs: the demo photos, resized and cropped to the encoder's square, repeated to the batch size.
 
 Per precision: ours through ``TorchEngine.embed`` (what ``SamPredictor(precision=...)`` runs: autocast with
@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from efficientsam.sam_model_zoo import create_efficientvit_sam_model
-from latency import randomised_state
+from latency import build_models
 from PIL import Image
 
-import evitsam
 from evitsam.export.engines import TorchEngine
 from evitsam.models.sam import PIXEL_MEAN, PIXEL_STD
 
@@ -82,13 +80,7 @@ def accuracy(embeddings: torch.Tensor, reference: torch.Tensor) -> tuple[float, 
 
 @torch.inference_mode()
 def bench_variant(variant: str, args, device: torch.device) -> list[dict]:
-    torch.manual_seed(0)
-    official = create_efficientvit_sam_model(f"efficientvit-sam-{variant}", pretrained=False).eval()
-    state = randomised_state(official)
-    official.load_state_dict(state, strict=True)
-    ours = evitsam.build_model(variant)
-    ours.load_state_dict(state, strict=True)
-    official, ours = official.to(device), ours.eval().to(device)
+    ours, official = (model.to(device) for model in build_models(variant))
     if args.compile:
         ours.image_encoder = torch.compile(ours.image_encoder)
         official.image_encoder = torch.compile(official.image_encoder)

@@ -47,14 +47,20 @@ def randomised_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.T
     return state
 
 
-def build_pair(variant: str) -> tuple[evitsam.SamPredictor, EfficientViTSamPredictor]:
+def build_models(variant: str) -> tuple[evitsam.EfficientViTSam, torch.nn.Module]:
+    """Ours and the official model (eval mode) with the same randomised official state dict, loaded strictly."""
     torch.manual_seed(0)
     official = create_efficientvit_sam_model(f"efficientvit-sam-{variant}", pretrained=False).eval()
     state = randomised_state(official)
     official.load_state_dict(state, strict=True)
     ours = evitsam.build_model(variant)
     ours.load_state_dict(state, strict=True)
-    return evitsam.SamPredictor(ours.eval()), EfficientViTSamPredictor(official)
+    return ours.eval(), official
+
+
+def build_pair(variant: str) -> tuple[evitsam.SamPredictor, EfficientViTSamPredictor]:
+    ours, official = build_models(variant)
+    return evitsam.SamPredictor(ours), EfficientViTSamPredictor(official)
 
 
 def _rss_kb(field: str) -> int:

@@ -179,19 +179,6 @@ class Attention(nn.Module):
         out = torch.einsum("bhtc,hdc->bthd", pooled, wv) + bv
         return self.out_proj(out.reshape(b, t, -1))
 
-    def image_to_tokens(
-        self,
-        image: torch.Tensor,
-        image_pe: torch.Tensor,
-        tokens_k: torch.Tensor,
-        tokens_v: torch.Tensor,
-        projection: ImageProjection | None = None,
-    ) -> torch.Tensor:
-        """``image + attention`` (residual included): image tokens (1 or B, N, C), queries ``image + image_pe``,
-        attend to tokens (B, T, C)."""
-        weights, values = self.image_update(image, image_pe, tokens_k, tokens_v, projection)
-        return torch.baddbmm(image.expand(weights.shape[0], -1, -1), weights, values)
-
     def image_update(
         self,
         image: torch.Tensor,
@@ -200,8 +187,9 @@ class Attention(nn.Module):
         tokens_v: torch.Tensor,
         projection: ImageProjection | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image_to_tokens``'s attention output as the product ``weights @ values``:
-        (B, N, heads*T) attention weights and (B, heads*T, C) values, out_proj folded in."""
+        """Image tokens (1 or B, N, C) with queries ``image + image_pe`` attend to tokens (B, T, C): the
+        attention output as the product ``weights @ values`` of (B, N, heads*T) attention weights and
+        (B, heads*T, C) values, out_proj folded in (the caller adds it to the image tokens)."""
         b, t, _ = tokens_k.shape
         h = self.num_heads
         k = self.k_proj(tokens_k).view(b, t, h, -1)
@@ -279,14 +267,13 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        if updates is None:
-            keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, q, queries, to_tokens))
-            return queries, keys
         weights, values = self.cross_attn_image_to_token.image_update(keys, key_pe, q, queries, to_tokens)
-        if keys_owned and keys.shape[0] == weights.shape[0]:
+        if updates is not None and keys_owned and keys.shape[0] == weights.shape[0]:
             keys = keys.baddbmm_(weights, values)  # nobody reads these keys after this: in place
         else:  # e.g. the first layer's keys: the prepared image, shared by every prompt
             keys = torch.baddbmm(keys.expand(weights.shape[0], -1, -1), weights, values)
+        if updates is None:
+            return queries, self.norm4(keys)
         norm = self.norm4  # the same layer norm, keeping its statistics
         keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         updates.append(ImageUpdate(weights, values, mean, rstd))
