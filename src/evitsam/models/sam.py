@@ -216,10 +216,11 @@ class EfficientViTSam(nn.Module):
         if static and any(n < low and n < _read_extent(low, crop) for n, crop in zip(masks.shape[-2:], input_size)):
             needed = self.low_res_extent(input_size)
             raise ValueError(f"masks must cover at least the low-res extent {needed}, got {tuple(masks.shape[-2:])}")
-        if static and masks.shape[:-2].numel() <= BANDED_MASKS:
+        if static and (threshold is not None or masks.shape[:-2].numel() <= BANDED_MASKS):
             # Each output pixel reads at most 3x3 low-res pixels: products restricted to each band's
             # non-zero columns (same sums without the zero terms; 3-4x faster for one to three masks).
-            # Many masks at once keep the dense products, whose big GEMMs are the faster there.
+            # Many masks' logits keep the dense products, whose big GEMMs use every core; many binary
+            # masks are banded too, so their full-size logits (4 bytes a pixel) never exist at once.
             rows, row_bands = _resize_operator(low, input_size[0], original_size[0], masks.device)
             cols, col_bands = _resize_operator(low, input_size[1], original_size[1], masks.device)
             with torch.autocast(masks.device.type, enabled=False):  # written in place: in the masks' dtype
