@@ -71,7 +71,7 @@ def test_it_segments_held_out_generated_scenes_from_boxes(model):
         best = predicted[torch.arange(len(boxes)), scores.argmax(1)].numpy()
         ious.extend((best & masks).sum((1, 2)) / (best | masks).sum((1, 2)))
     assert len(ious) >= 30
-    # The bundled model reaches a mean IoU of 0.60 (median 0.66, 7 of 37 above 0.8) on these 37 objects
+    # The bundled model reaches a mean IoU of 0.63 (median 0.67, 12 of 37 above 0.8) on these 37 objects
     # (MODEL_CARD.md); the aim (> 0.8 each) needs more training. This guards what it does: follow
     # box prompts, far above untrained.
     assert np.mean(ious) > 0.5, np.round(ious, 2)
@@ -95,7 +95,7 @@ def test_readme_quickstart_segments_the_example_offline(tmp_path, monkeypatch):
     assert summary["variant"] == DEFAULT_VARIANT
     mask = np.asarray(Image.open(out)) > 0
     truth = next(m for m, _ in render(SynthSettings(seed=21, size=800), 0)[2] if m[127, 586])
-    assert (mask & truth).sum() / (mask | truth).sum() > 0.6  # 0.82 with the bundled model
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.6  # 0.74 with the bundled model
 
 
 def test_everything_with_the_bundled_model_keeps_masks(tmp_path, monkeypatch):
