@@ -116,16 +116,18 @@ def object_prompts(annotations: list[dict]) -> list[dict]:
     return prompts
 
 
-def accuracy(reference: SamPredictor, engines: dict[str, SamPredictor], photos: int) -> dict[str, dict]:
+def accuracy(
+    reference: SamPredictor, engines: dict[str, SamPredictor], photos: int, data: Path = SHARED
+) -> dict[str, dict]:
     """Worst embedding cosine and mean / worst mask IoU with the torch fp32 path on ``coco_subset`` photos."""
-    coco = json.loads((SHARED / "coco_subset" / "annotations.json").read_text())
+    coco = json.loads((data / "coco_subset" / "annotations.json").read_text())
     by_image: dict[int, list] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     images = [img for img in coco["images"] if by_image.get(img["id"])][:photos]
     stats = {name: {"cosine": [], "iou": []} for name in engines}
     for info in images:
-        image = read(SHARED / "coco_subset" / "images" / info["file_name"])
+        image = read(data / "coco_subset" / "images" / info["file_name"])
         prompts = object_prompts(by_image[info["id"]])
         reference.set_image(image)
         expected = [reference.predict(**p)[0][0] for p in prompts]
