@@ -285,26 +285,53 @@ def _banded_resize(
     """``rows @ masks @ cols.T`` per mask, each band of output rows/columns reading only its non-zero
     inputs; the full-size result is written once, in place, band by band. With ``threshold`` each band
     is compared while it is still in cache and only the boolean mask is written (the full-size logits
-    are never stored: 3x faster than resizing, then thresholding)."""
+    are never stored: 3x faster than resizing, then thresholding).
+
+    Up to ``BANDED_MASKS`` masks at a time sit side by side (input rows ordered (row, mask)), so one
+    product per band serves all of them: three masks cost less than three times one (small products
+    use two cores poorly), and many masks never hold more than a few masks' intermediates."""
     flat = masks.reshape(-1, *masks.shape[-2:])
     out_dtype = masks.dtype if threshold is None else torch.bool
     out = torch.empty(flat.shape[0], rows.shape[0], cols.shape[0], dtype=out_dtype, device=masks.device)
-    band = None if threshold is None else masks.new_empty(BAND_ROWS, cols.shape[0])
-    for mask, target in zip(flat, out):
-        across = torch.cat([mask[:, k0:k1] @ cols[c0:c1, k0:k1].T for c0, c1, k0, k1 in col_bands], dim=1)
-        for r0, r1, k0, k1 in row_bands:
-            if band is None:
-                torch.mm(rows[r0:r1, k0:k1], across[k0:k1], out=target[r0:r1])
-            else:
-                _greater(torch.mm(rows[r0:r1, k0:k1], across[k0:k1], out=band[: r1 - r0]), threshold, target[r0:r1])
+    for start in range(0, flat.shape[0], BANDED_MASKS):
+        group = slice(start, start + BANDED_MASKS)
+        _banded_group(flat[group], rows, row_bands, cols, col_bands, threshold, out[group])
     return out.view(*masks.shape[:-2], *out.shape[-2:])
+
+
+def _banded_group(
+    flat: torch.Tensor,
+    rows: torch.Tensor,
+    row_bands: tuple,
+    cols: torch.Tensor,
+    col_bands: tuple,
+    threshold: float | None,
+    out: torch.Tensor,
+) -> None:
+    """``_banded_resize`` of a few masks (K, h, w) into ``out`` (K, H, W)."""
+    count, low_rows, _ = flat.shape
+    width = cols.shape[0]
+    stacked = flat.transpose(0, 1).reshape(low_rows * count, -1)
+    across = torch.cat([stacked[:, k0:k1] @ cols[c0:c1, k0:k1].T for c0, c1, k0, k1 in col_bands], dim=1)
+    across = across.view(low_rows, count * width)
+    band = None if threshold is None and count == 1 else flat.new_empty(BAND_ROWS, count * width)
+    for r0, r1, k0, k1 in row_bands:
+        if band is None:  # one mask's logits: written in place
+            torch.mm(rows[r0:r1, k0:k1], across[k0:k1], out=out[0, r0:r1])
+            continue
+        product = torch.mm(rows[r0:r1, k0:k1], across[k0:k1], out=band[: r1 - r0])
+        per_mask = product.view(r1 - r0, count, width).transpose(0, 1)
+        if threshold is None:
+            out[:, r0:r1] = per_mask
+        else:
+            _greater(per_mask, threshold, out[:, r0:r1])
 
 
 def _greater(logits: torch.Tensor, threshold: float, out: torch.Tensor) -> torch.Tensor:
     """``out[...] = logits > threshold``. On the CPU through NumPy, whose comparison kernel is vectorised:
     torch's float -> bool comparison is ~4x slower there and costs more than the resize itself."""
     numpy_safe = logits.dtype in (torch.float32, torch.float64) and not logits.requires_grad
-    if logits.device.type == "cpu" and numpy_safe and logits.is_contiguous() and out.is_contiguous():
+    if logits.device.type == "cpu" and numpy_safe:  # NumPy views keep the tensors' strides
         np.greater(logits.numpy(), threshold, out=out.numpy())
         return out
     return torch.gt(logits, threshold, out=out)
