@@ -11,7 +11,7 @@ HF_REPO = "mit-han-lab/efficientvit-sam"
 # pipeline, shipped in the package, so a first command works offline (MODEL_CARD.md).
 DEFAULT_VARIANT = "nano"
 BUNDLED_FILE = "nano.safetensors"
-BUNDLED_SHA256 = "9390992a33a0ac79e2844a0a9cbd108b3af35bb542d88a99b20ae06a9e65bfe6"
+BUNDLED_SHA256 = "e461d37d6f78f546b7d2861c3a33e2a1aace0ab5d61274e9f631ce9f82227a8e"
 
 _L_WIDTHS = (32, 64, 128, 256, 512)
 _L_TYPES = ("res", "fmb", "fmb", "mb", "att@5")
