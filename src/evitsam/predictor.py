@@ -181,7 +181,7 @@ class SamPredictor:
             p._version for p in self.model.prompt_encoder.parameters()
         )
         if self._decoder_side is None or self._decoder_side[0] != version:
-            self._decoder_side = (version, self.model.prepare_decoder(self.features))
+            self._decoder_side = (version, self.model.prepare_decoder(self.features, self.engine.decoder_products))
         return self._decoder_side[1]
 
     def _require_image(self) -> None:

@@ -100,7 +100,8 @@ def make_engine(
 
 class TorchEngine:
     """The model itself; bf16 (CPU or GPU) and fp16 (CUDA GPUs) run the encoder under autocast, with
-    its attention and neck in fp32: what makes our encoder fp16-safe where the official one overflows."""
+    its attention and neck in fp32: what makes our encoder fp16-safe where the official one overflows.
+    bf16 also runs the decoder's per-prompt products with the image tokens in bf16 (``decoder_products``)."""
 
     runtime = "torch"
 
@@ -114,6 +115,14 @@ class TorchEngine:
         if precision == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
             precision = _fallback(precision, "is emulated on this CPU (no AVX512-BF16/AMX)")
         self.precision = precision
+
+    @property
+    def decoder_products(self) -> torch.dtype:
+        """The dtype of each prompt's products with the image tokens (``EfficientViTSam.prepare_decoder``).
+
+        bf16 for precision bf16; fp16 stays fp32 here: attention scores and token updates in fp16 can overflow.
+        """
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) float 0-255, long side = encoder size -> (B, 256, 64, 64) fp32 embeddings."""
@@ -205,6 +214,7 @@ class _GraphEngine:
     """Shared by the ONNX-based engines: the square encoder input and SAM-convention decoding."""
 
     runtime = ""
+    decoder_products = torch.float32  # the model's own decoder (mask-only prompts, "everything") stays fp32
 
     def __init__(self, model: EfficientViTSam) -> None:
         self.model = model

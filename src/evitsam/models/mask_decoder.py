@@ -10,24 +10,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import LayerNorm2d
-from .transformer import ImageSide, ImageUpdate, TwoWayTransformer
+from .transformer import FactoredTokens, ImageSide, TwoWayTransformer
 
 
 class DecoderState(NamedTuple):
     """What the transformer leaves for the output heads: tokens (B, T, C), image tokens (B, h*w, C);
-    with a prepared shared image, also how each layer changed the image tokens (``updates``) and the
-    image's up-scaling product (``upscaled``), which make the masks' first product low-rank."""
+    with a prepared shared image, also the image tokens as :class:`FactoredTokens` (``factored``) and the
+    image's up-scaling product (``upscaled``), which make the masks' first product low-rank; ``products``:
+    the dtype of the per-pixel products (``ImageSide.products``)."""
 
     tokens: torch.Tensor
     image_tokens: torch.Tensor
     size: tuple[int, int]
-    updates: tuple[ImageUpdate, ...] = ()
+    factored: FactoredTokens | None = None
     upscaled: torch.Tensor | None = None
+    products: torch.dtype = torch.float32
 
     def select(self, prompts: torch.Tensor) -> DecoderState:
         """The state of these prompts only (an index or mask over the batch)."""
-        updates = tuple(ImageUpdate(*(t[prompts] for t in update)) for update in self.updates)
-        return DecoderState(self.tokens[prompts], self.image_tokens[prompts], self.size, updates, self.upscaled)
+        factored = None if self.factored is None else self.factored.select(prompts)
+        return self._replace(tokens=self.tokens[prompts], image_tokens=self.image_tokens[prompts], factored=factored)
 
 
 class MLP(nn.Module):
@@ -109,25 +111,22 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         projected_pe: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None,
+        products: torch.dtype = torch.float32,
     ) -> ImageSide:
         """The transformer's prompt-independent work on one image, for ``attend(..., image_side=...)``
-        (``projected_pe``: ``transformer.project_pe(image_pe)``, if kept from an earlier image).
+        (``projected_pe``: ``transformer.project_pe(image_pe)``, if kept from an earlier image; ``products``:
+        see ``ImageSide.products``).
 
         At inference a shared image (batch 1) also gets its tokens through the first up-scaling product,
         every layer's norm scale folded in: with it, each prompt's product is low-rank (``mask_logits``).
         """
         side = self.transformer.prepare(image_embeddings + dense_prompt_embeddings, image_pe, projected_pe)
+        side = side._replace(products=products)
         if side.keys.shape[0] == 1 and not torch.is_grad_enabled():
-            side = side._replace(upscaled=side.keys[0] @ self._folded_upscaling()[0])
+            gains = self.transformer.gains()[-1]  # every layer's norm scale: see FactoredTokens
+            matrix = gains[:, None] * _pixel_linear(self.output_upscaling[0].weight)
+            side = side._replace(upscaled=side.keys[0] @ matrix)
         return side
-
-    def _folded_upscaling(self) -> list[torch.Tensor]:
-        """The first up-scaling product's (C, 4C') matrix with the scales of the norms after layers
-        l+1.. folded in, for l = 0 (the image as prepared) .. depth (the final image tokens)."""
-        matrices = [_pixel_linear(self.output_upscaling[0].weight)]
-        for layer in reversed(self.transformer.layers):
-            matrices.insert(0, layer.norm4.weight[:, None] * matrices[0])
-        return matrices
 
     def attend(
         self,
@@ -156,12 +155,12 @@ class MaskDecoder(nn.Module):
         if image_side is None:
             image_side = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
         h, w = image_embeddings.shape[-2:]
-        updates = [] if factored else None
-        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side, updates)
+        records = [] if factored else None
+        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side, records)
         image_tokens = image_tokens.expand(batch, *image_tokens.shape[1:])
         if not factored:
-            return DecoderState(hs, image_tokens, (h, w))
-        return DecoderState(hs, image_tokens, (h, w), tuple(updates), image_side.upscaled)
+            return DecoderState(hs, image_tokens, (h, w), products=image_side.products)
+        return DecoderState(hs, image_tokens, (h, w), records[-1], image_side.upscaled, image_side.products)
 
     def predict_iou(self, state: DecoderState) -> torch.Tensor:
         """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""
@@ -200,7 +199,7 @@ class MaskDecoder(nn.Module):
                 raise ValueError(f"extent must be multiples of 4 within (1..{4 * h}, 1..{4 * w}), got {extent}")
             h, w = extent[0] // 4, extent[1] // 4
         n = h * w
-        if state.upscaled is not None and state.updates:
+        if state.upscaled is not None and state.factored is not None:
             x = self._factored_upscaling(state, grid, (h, w)).view(b * n, -1)
         else:
             image_tokens = _crop(state.image_tokens, grid, (h, w)).reshape(b * n, -1)
@@ -208,9 +207,12 @@ class MaskDecoder(nn.Module):
         # in place at inference: the activations' fresh outputs cost more than their arithmetic
         act1, act2 = (act1, act2) if torch.is_grad_enabled() else (_inplace(act1), _inplace(act2))
         x = act1(F.layer_norm(x.view(b, n, 4, -1), (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
-        x = act2(torch.addmm(conv2.bias.repeat(4), x.view(b * n * 4, -1), _pixel_linear(conv2.weight)))
+        dtype = state.products  # the second up-scaling product and the hypernetwork's in this dtype
+        weight, bias = _pixel_linear(conv2.weight).to(dtype), conv2.bias.repeat(4).to(dtype)
+        x = act2(torch.addmm(bias, x.view(b * n * 4, -1).to(dtype), weight))
         k = len(indices)
-        masks = hyper_in @ x.view(b, n * 16, -1).transpose(1, 2)  # (B, K, pixels): (y, x, dy1, dx1, dy2, dx2)
+        # (B, K, pixels): (y, x, dy1, dx1, dy2, dx2)
+        masks = _product(hyper_in, x.view(b, n * 16, -1).transpose(1, 2), dtype).to(hyper_in.dtype)
         # to (y, dy1, dy2) x (x, dx1, dx2) in two 4-d permutes (one 8-d permute copies 2x slower)
         masks = masks.view(b * k * h, w, 2, 2, 4).transpose(1, 2).reshape(b * k * h * 2, w * 2, 2, 2)
         return masks.transpose(1, 2).reshape(b, k, 4 * h, 4 * w)
@@ -218,39 +220,23 @@ class MaskDecoder(nn.Module):
     def _factored_upscaling(self, state: DecoderState, grid: tuple[int, int], part: tuple[int, int]) -> torch.Tensor:
         """The first up-scaling product (B, n, 4C') of the final image tokens, from the prepared image's.
 
-        Layer j turned keys x into ``x' = norm(x + A V)`` = ``r * (x + A V - mu) * g + beta`` per token
-        (r = 1 / std). For a matrix M, ``x' M = r * (x (g M) + A (V g M) - mu * sum(g M)) + beta M``, so
-        unrolled from the prepared image's ``x0 (g_1 .. g_L M)`` every term but the first is a product
-        with (heads x tokens) or fewer columns: one rescale of the prepared product and one thin GEMM.
+        With the tokens as :class:`FactoredTokens`, ``x M = scale * (x0 (gains M)) + left^T (right M)``: one
+        rescale of the prepared product (``state.upscaled``) and one thin GEMM with (layers x (heads x tokens + 2))
+        columns per prompt, instead of the (N, C) x (C, 4C') product.
         """
-        matrices = self._folded_upscaling()  # matrices[j]: M with the scales of norms j+1.. folded in
-        updates = state.updates
+        tokens = state.factored.crop(grid, part)
+        matrix = _pixel_linear(self.output_upscaling[0].weight)
         bias = self.output_upscaling[0].bias.repeat(4)
-        scales: list[torch.Tensor] = [torch.empty(0)] * len(updates)  # s_j: product of r_j .. r_last
-        for j in reversed(range(len(updates))):
-            r = _crop(updates[j].rstd, grid, part)
-            scales[j] = r if j == len(updates) - 1 else r * scales[j + 1]
-        b, n = scales[0].shape[:2]
-        ranks = [update.weights.shape[-1] for update in updates]
-        # the thin product's left side, transposed (rows read the attention weights in their own
-        # layout), written in place: per layer s_j * A_j, -s_j * mu_j, then s_j for j > 0
-        left = scales[0].new_empty(b, sum(ranks) + 2 * len(updates) - 1, n)
-        right = []
-        row = 0
-        for j, update in enumerate(updates):
-            scale = scales[j].transpose(1, 2)
-            torch.mul(_crop(update.weights, grid, part).transpose(1, 2), scale, out=left[:, row : row + ranks[j]])
-            row += ranks[j]
-            torch.mul(_crop(update.mean, grid, part).transpose(1, 2), scale, out=left[:, row : row + 1]).neg_()
-            right += [update.values @ matrices[j], matrices[j].sum(dim=0).expand(b, 1, -1)]
-            row += 1
-            if j > 0:  # the previous norm's shift through this layer's rescaling
-                left[:, row : row + 1] = scale
-                right.append((self.transformer.layers[j - 1].norm4.bias @ matrices[j]).expand(b, 1, -1))
-                row += 1
-        constant = self.transformer.layers[-1].norm4.bias @ matrices[-1] + bias
-        x = torch.addcmul(constant, _crop(state.upscaled[None], grid, part), scales[0])
-        return x.baddbmm_(left.transpose(1, 2), torch.cat(right, dim=1))
+        upscaled = _crop(state.upscaled[None], grid, part)
+        x = torch.addcmul(bias, upscaled, tokens.scale.transpose(1, 2))
+        return x.baddbmm_(tokens.left.transpose(1, 2), tokens.right @ matrix)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` of (B, m, k) and (B, k, n) operands in ``dtype``; one prompt's as a 2-D product (the CPU's
+    bf16 ``bmm`` copies transposed operands first, which costs more than the product)."""
+    a, b = a.to(dtype), b.to(dtype)
+    return (a[0] @ b[0])[None] if a.shape[0] == b.shape[0] == 1 else a @ b
 
 
 def _inplace(gelu: nn.GELU) -> Callable[[torch.Tensor], torch.Tensor]:
