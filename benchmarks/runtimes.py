@@ -1,6 +1,7 @@
 """Latency and accuracy of every runtime/precision vs the official ``set_image``, one table (CPU, L0, same weights).
 
     python benchmarks/runtimes.py [--variant l0] [--repeats 7] [--photos 10] [--calibration-photos 24] [--json PATH]
+        [--configs torch:fp32 torch:bf16 ...]   (default: every runtime and precision)
 
 Latency: the official predictor and each of our engines run ``set_image`` on the same photo, interleaved
 (the order rotates every repeat so machine noise hits all of them), after two warm-up runs each; medians.
@@ -44,10 +45,12 @@ def read(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def build_engines(model, calibration: list[np.ndarray]) -> tuple[dict[str, SamPredictor], dict[str, str]]:
+def build_engines(
+    model, calibration: list[np.ndarray], configs=CONFIGS
+) -> tuple[dict[str, SamPredictor], dict[str, str]]:
     """Predictor per config; configs that fall back or are refused are reported, not run."""
     engines, skipped = {}, {}
-    for runtime, precision in CONFIGS:
+    for runtime, precision in configs:
         name = f"{runtime} {precision}"
         with warnings.catch_warnings():
             warnings.simplefilter("error", PrecisionFallback)
@@ -160,12 +163,20 @@ def main() -> None:
     parser.add_argument("--calibration-photos", type=int, default=24, help="coco_train_subset photos for int8")
     parser.add_argument("--image", type=Path, default=SHARED / "images" / "truck.jpg")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--configs", nargs="+", default=[f"{r}:{p}" for r, p in CONFIGS], help="runtime:precision pairs to run"
+    )
     args = parser.parse_args()
+    configs = [tuple(c.split(":")) for c in args.configs]
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        parser.error(f"--configs: unknown {unknown}; choose from {[f'{r}:{p}' for r, p in CONFIGS]}")
 
     ours, official = build_pair(args.variant)
     model = ours.model
     calibration_files = sorted((SHARED / "coco_train_subset" / "images").glob("*.jpg"))[: args.calibration_photos]
-    engines, skipped = build_engines(model, [read(p) for p in calibration_files])
+    if ("openvino", "int8") not in configs:
+        calibration_files = []
+    engines, skipped = build_engines(model, [read(p) for p in calibration_files], configs)
     engines = {"torch fp32": ours, **{k: v for k, v in engines.items() if k != "torch fp32"}}
 
     image = read(args.image)
@@ -203,7 +214,7 @@ def main() -> None:
         f"| official (PyTorch) | fp32 | {official_ms:.0f} | 1.00 | {latency['predict box x1']['official']:.1f} "
         f"| {latency['predict point x3']['official']:.1f} | | |"
     )
-    for name in [f"{r} {p}" for r, p in CONFIGS]:
+    for name in [f"{r} {p}" for r, p in configs]:
         runtime, precision = name.split()
         if name in skipped:
             print(f"| {runtime} | {precision} | {skipped[name]} | | | | | |")

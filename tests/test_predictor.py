@@ -210,3 +210,26 @@ def test_postprocess_masks_is_sams_two_resizes(masks, original):
     if extent[0] > 4:
         with pytest.raises(ValueError, match="masks must cover at least the low-res extent"):
             model.postprocess_masks(low[..., : extent[0] - 4, :], input_size, original)
+
+
+@pytest.mark.parametrize("masks", [1, 3, 5])
+@pytest.mark.parametrize("original", [(1200, 1800), (480, 640), (7, 3000)])
+def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
+    """Object-like logits (a disc and a noisy patch): tiles that read only one side of the threshold are
+    filled without products, and the result is still exactly the thresholded logits."""
+    model = build_model("l0")
+    generator = torch.Generator().manual_seed(masks)
+    ys, xs = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    low = torch.empty(1, masks, 256, 256)
+    for k in range(masks):
+        cy, cx, radius = (torch.rand(3, generator=generator) * torch.tensor([200, 200, 60])).tolist()
+        low[0, k] = 2.0 * (radius + 10 - ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt())  # inside positive
+    low[..., 100:110, 30:50] = torch.randn(masks, 10, 20, generator=generator) * 5  # a boundary everywhere
+    low[..., 0:3, 60:120] = 8.0  # an object on the top rows, which every crop reads
+    low[..., 0, 0] = 1.5  # exactly at a threshold
+    input_size = get_preprocess_shape(*original, 1024)
+    logits = model.postprocess_masks(low, input_size, original)
+    for threshold in (0.0, 1.5, -2.0):
+        binary = model.postprocess_masks(low, input_size, original, threshold=threshold)
+        assert torch.equal(binary, logits > threshold)
+        assert binary.any() and (~binary).any()

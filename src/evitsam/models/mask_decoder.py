@@ -10,26 +10,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import LayerNorm2d
-from .transformer import FactoredTokens, ImageSide, TwoWayTransformer
+from .transformer import ImageSide, ImageUpdate, TwoWayTransformer
 
 
 class DecoderState(NamedTuple):
     """What the transformer leaves for the output heads: tokens (B, T, C), image tokens (B, h*w, C);
-    with a prepared shared image, also the image tokens as :class:`FactoredTokens` (``factored``) and the
+    with a prepared shared image, also how each layer changed the image tokens (``updates``) and the
     image's up-scaling product (``upscaled``), which make the masks' first product low-rank; ``products``:
     the dtype of the per-pixel products (``ImageSide.products``)."""
 
     tokens: torch.Tensor
     image_tokens: torch.Tensor
     size: tuple[int, int]
-    factored: FactoredTokens | None = None
+    updates: tuple[ImageUpdate, ...] = ()
     upscaled: torch.Tensor | None = None
     products: torch.dtype = torch.float32
 
     def select(self, prompts: torch.Tensor) -> DecoderState:
         """The state of these prompts only (an index or mask over the batch)."""
-        factored = None if self.factored is None else self.factored.select(prompts)
-        return self._replace(tokens=self.tokens[prompts], image_tokens=self.image_tokens[prompts], factored=factored)
+        updates = tuple(ImageUpdate(*(t[prompts] for t in update)) for update in self.updates)
+        return self._replace(tokens=self.tokens[prompts], image_tokens=self.image_tokens[prompts], updates=updates)
 
 
 class MLP(nn.Module):
@@ -123,10 +123,16 @@ class MaskDecoder(nn.Module):
         side = self.transformer.prepare(image_embeddings + dense_prompt_embeddings, image_pe, projected_pe)
         side = side._replace(products=products)
         if side.keys.shape[0] == 1 and not torch.is_grad_enabled():
-            gains = self.transformer.gains()[-1]  # every layer's norm scale: see FactoredTokens
-            matrix = gains[:, None] * _pixel_linear(self.output_upscaling[0].weight)
-            side = side._replace(upscaled=side.keys[0] @ matrix)
+            side = side._replace(upscaled=side.keys[0] @ self._folded_upscaling()[0])
         return side
+
+    def _folded_upscaling(self) -> list[torch.Tensor]:
+        """The first up-scaling product's (C, 4C') matrix with the scales of the norms after layers
+        l+1.. folded in, for l = 0 (the image as prepared) .. depth (the final image tokens)."""
+        matrices = [_pixel_linear(self.output_upscaling[0].weight)]
+        for layer in reversed(self.transformer.layers):
+            matrices.insert(0, layer.norm4.weight[:, None] * matrices[0])
+        return matrices
 
     def attend(
         self,
@@ -155,12 +161,12 @@ class MaskDecoder(nn.Module):
         if image_side is None:
             image_side = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
         h, w = image_embeddings.shape[-2:]
-        records = [] if factored else None
-        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side, records)
+        updates = [] if factored else None
+        hs, image_tokens = self.transformer(image_embeddings, image_pe, tokens, image_side, updates)
         image_tokens = image_tokens.expand(batch, *image_tokens.shape[1:])
         if not factored:
             return DecoderState(hs, image_tokens, (h, w), products=image_side.products)
-        return DecoderState(hs, image_tokens, (h, w), records[-1], image_side.upscaled, image_side.products)
+        return DecoderState(hs, image_tokens, (h, w), tuple(updates), image_side.upscaled, image_side.products)
 
     def predict_iou(self, state: DecoderState) -> torch.Tensor:
         """IoU predictions (B, 4) for the four mask tokens; cheap once ``attend`` has run."""
@@ -199,7 +205,7 @@ class MaskDecoder(nn.Module):
                 raise ValueError(f"extent must be multiples of 4 within (1..{4 * h}, 1..{4 * w}), got {extent}")
             h, w = extent[0] // 4, extent[1] // 4
         n = h * w
-        if state.upscaled is not None and state.factored is not None:
+        if state.upscaled is not None and state.updates:
             x = self._factored_upscaling(state, grid, (h, w)).view(b * n, -1)
         else:
             image_tokens = _crop(state.image_tokens, grid, (h, w)).reshape(b * n, -1)
@@ -220,16 +226,39 @@ class MaskDecoder(nn.Module):
     def _factored_upscaling(self, state: DecoderState, grid: tuple[int, int], part: tuple[int, int]) -> torch.Tensor:
         """The first up-scaling product (B, n, 4C') of the final image tokens, from the prepared image's.
 
-        With the tokens as :class:`FactoredTokens`, ``x M = scale * (x0 (gains M)) + left^T (right M)``: one
-        rescale of the prepared product (``state.upscaled``) and one thin GEMM with (layers x (heads x tokens + 2))
-        columns per prompt, instead of the (N, C) x (C, 4C') product.
+        Layer j turned keys x into ``x' = norm(x + A V)`` = ``r * (x + A V - mu) * g + beta`` per token
+        (r = 1 / std). For a matrix M, ``x' M = r * (x (g M) + A (V g M) - mu * sum(g M)) + beta M``, so
+        unrolled from the prepared image's ``x0 (g_1 .. g_L M)`` every term but the first is a product
+        with (heads x tokens) or fewer columns: one rescale of the prepared product and one thin GEMM.
         """
-        tokens = state.factored.crop(grid, part)
-        matrix = _pixel_linear(self.output_upscaling[0].weight)
+        matrices = self._folded_upscaling()  # matrices[j]: M with the scales of norms j+1.. folded in
+        updates = state.updates
         bias = self.output_upscaling[0].bias.repeat(4)
-        upscaled = _crop(state.upscaled[None], grid, part)
-        x = torch.addcmul(bias, upscaled, tokens.scale.transpose(1, 2))
-        return x.baddbmm_(tokens.left.transpose(1, 2), tokens.right @ matrix)
+        scales: list[torch.Tensor] = [torch.empty(0)] * len(updates)  # s_j: product of r_j .. r_last
+        for j in reversed(range(len(updates))):
+            r = _crop(updates[j].rstd, grid, part)
+            scales[j] = r if j == len(updates) - 1 else r * scales[j + 1]
+        b, n = scales[0].shape[:2]
+        ranks = [update.weights.shape[-1] for update in updates]
+        # the thin product's left side, transposed (rows read the attention weights in their own
+        # layout), written in place: per layer s_j * A_j, -s_j * mu_j, then s_j for j > 0
+        left = scales[0].new_empty(b, sum(ranks) + 2 * len(updates) - 1, n)
+        right = []
+        row = 0
+        for j, update in enumerate(updates):
+            scale = scales[j].transpose(1, 2)
+            torch.mul(_crop(update.weights, grid, part).transpose(1, 2), scale, out=left[:, row : row + ranks[j]])
+            row += ranks[j]
+            torch.mul(_crop(update.mean, grid, part).transpose(1, 2), scale, out=left[:, row : row + 1]).neg_()
+            right += [update.values @ matrices[j], matrices[j].sum(dim=0).expand(b, 1, -1)]
+            row += 1
+            if j > 0:  # the previous norm's shift through this layer's rescaling
+                left[:, row : row + 1] = scale
+                right.append((self.transformer.layers[j - 1].norm4.bias @ matrices[j]).expand(b, 1, -1))
+                row += 1
+        constant = self.transformer.layers[-1].norm4.bias @ matrices[-1] + bias
+        x = torch.addcmul(constant, _crop(state.upscaled[None], grid, part), scales[0])
+        return x.baddbmm_(left.transpose(1, 2), torch.cat(right, dim=1))
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

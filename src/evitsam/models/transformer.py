@@ -16,17 +16,11 @@ class ImageProjection(NamedTuple):
     token->image, queries of image->token), (heads, d, N), no bias. ``keys`` (heads, d, N, bias
     included) and, for token->image, ``values`` (heads, N, d): the image tokens themselves projected,
     only where they are the same for every prompt (the first layer); None elsewhere.
-
-    ``base_keys`` / ``base_values`` (later layers, inference on a shared image): the prepared image with the
-    earlier layers' norm scales folded in, through the same projections (no bias, no PE). With the per-prompt
-    :class:`FactoredTokens` they give the projection of each prompt's image tokens at low-rank cost.
     """
 
     pe: torch.Tensor
     keys: torch.Tensor | None
     values: torch.Tensor | None
-    base_keys: torch.Tensor | None = None
-    base_values: torch.Tensor | None = None
 
 
 class ImageSide(NamedTuple):
@@ -48,40 +42,13 @@ class ImageUpdate(NamedTuple):
 
     The attention output has rank H*T (heads x prompt tokens, ~56) against the width C (256), so a
     linear map of the new keys can be computed from the old keys' map and this low-rank term (see
-    :class:`FactoredTokens`). ``mean``/``rstd``: the norm's statistics per image token.
+    ``MaskDecoder.mask_logits``). ``mean``/``rstd``: the norm's statistics per image token.
     """
 
     weights: torch.Tensor  # (B, N, H*T) attention weights
     values: torch.Tensor  # (B, H*T, C) values with the output projection folded in
     mean: torch.Tensor  # (B, N, 1)
     rstd: torch.Tensor  # (B, N, 1)
-
-
-class FactoredTokens(NamedTuple):
-    """Each prompt's image tokens after some layers, as ``scale * (image * gains) + left^T @ right``.
-
-    ``image`` (N, C) is the prepared image every prompt shares, ``gains`` the product of the passed layers' norm
-    scales. Layer j turned tokens x into ``norm(x + A V) = r * (x + A V - mu) * g + beta`` per token: a rescale
-    plus a rank-(heads x tokens + 2) term. So a product of the tokens with a fixed matrix W is the prepared
-    image's product with ``gains * W`` (once per image: ``ImageProjection.base_keys``), rescaled per token, plus
-    a thin product per prompt: about a quarter of the work of multiplying the tokens themselves.
-    """
-
-    scale: torch.Tensor  # (B, 1, N): the product of the passed layers' 1/std per token
-    left: torch.Tensor  # (B, k, N): per layer s*A^T, -s*mu, s (s: the later layers' scales)
-    right: torch.Tensor  # (B, k, C): per layer V*g.., g.., beta*g.. (the later layers' gains)
-
-    def select(self, prompts: torch.Tensor) -> FactoredTokens:
-        return FactoredTokens(*(t[prompts] for t in self))
-
-    def crop(self, grid: tuple[int, int], part: tuple[int, int]) -> FactoredTokens:
-        """The tokens of the top-left ``part`` of the (h, w) token ``grid`` only."""
-        if part == grid:
-            return self
-        b, k = self.left.shape[:2]
-        left = self.left.view(b, k, *grid)[:, :, : part[0], : part[1]].reshape(b, k, -1)
-        scale = self.scale.view(b, 1, *grid)[:, :, : part[0], : part[1]].reshape(b, 1, -1)
-        return FactoredTokens(scale, left, self.right)
 
 
 class Attention(nn.Module):
@@ -138,27 +105,19 @@ class Attention(nn.Module):
         queries_from_image: bool,
         shared: bool,
         pe: torch.Tensor | None = None,
-        gains: torch.Tensor | None = None,
     ) -> ImageProjection:
         """This attention's prompt-independent image side (see :class:`ImageProjection`).
 
         ``shared``: the image tokens are the same for every prompt (the first layer), so their
-        projection itself is computed here; otherwise only the PE's, and with ``gains`` (the earlier
-        layers' norm scales, (C,)) the bases of :class:`FactoredTokens`. ``pe``: ``project_pe``'s result,
+        projection itself is computed here; otherwise only the PE's. ``pe``: ``project_pe``'s result,
         if already known (it depends on the weights alone).
         """
         linear = self.q_proj if queries_from_image else self.k_proj
         pe = self.project_pe(image_pe, queries_from_image) if pe is None else pe
+        if not shared:
+            return ImageProjection(pe, None, None)
         h, d, n = pe.shape
         x = image[0].T  # (C, N): products land in the (heads, d, N) layout the attention reads, no copies
-        if not shared:
-            if gains is None:
-                return ImageProjection(pe, None, None)
-            base_keys = ((linear.weight * gains) @ x).view(h, d, n)
-            if queries_from_image:
-                return ImageProjection(pe, None, None, base_keys)
-            base_values = ((self.v_proj.weight * gains) @ x).view(h, d, n).transpose(1, 2)
-            return ImageProjection(pe, None, None, base_keys, base_values)
         keys = torch.addmm(pe.reshape(h * d, n), linear.weight, x).add_(linear.bias[:, None]).view(h, d, n)
         if queries_from_image:
             return ImageProjection(pe, keys, None)
@@ -171,19 +130,10 @@ class Attention(nn.Module):
         return linear.weight.view(self.num_heads, d, -1), linear.bias.view(self.num_heads, d)
 
     def _image_scores(
-        self,
-        x: torch.Tensor,
-        linear: nn.Linear,
-        image: torch.Tensor,
-        image_pe: torch.Tensor,
-        pe: torch.Tensor | None,
-        factored: tuple[FactoredTokens, torch.Tensor] | None = None,
+        self, x: torch.Tensor, linear: nn.Linear, image: torch.Tensor, image_pe: torch.Tensor, pe: torch.Tensor | None
     ) -> torch.Tensor:
         """(B, heads*T, N) scaled scores of per-head token vectors x (B, T, heads, d) against
-        ``linear(image + image_pe)``, with ``linear`` folded into x: ``x . (W y + b) = (W^T x) . y + x . b``.
-
-        ``factored``: the image tokens as :class:`FactoredTokens` and their base through ``linear`` (heads, d, N);
-        then ``image`` is not read: ``x . W y = scale * (x . base) + ((W^T x) . right) @ left``."""
+        ``linear(image + image_pe)``, with ``linear`` folded into x: ``x . (W y + b) = (W^T x) . y + x . b``."""
         b, t, h, d = x.shape
         weight, bias = self._heads(linear)
         x = x / math.sqrt(d)
@@ -193,10 +143,6 @@ class Attention(nn.Module):
             offset = offset + torch.einsum("bthd,hdn->bhtn", x, pe).reshape(b, h * t, -1)
         else:
             offset = offset + (folded.reshape(b * h * t, -1) @ image_pe[0].T).view(b, h * t, -1)
-        if factored is not None:
-            tokens, base = factored
-            scores = torch.addcmul(offset, torch.einsum("bthd,hdn->bhtn", x, base).reshape(b, h * t, -1), tokens.scale)
-            return scores.baddbmm_(folded @ tokens.right.transpose(1, 2), tokens.left)
         return torch.baddbmm(offset, folded, image.transpose(1, 2).expand(b, -1, -1))
 
     def _projected_image(
@@ -219,15 +165,11 @@ class Attention(nn.Module):
         image: torch.Tensor,
         image_pe: torch.Tensor,
         projection: ImageProjection | None = None,
-        factored: FactoredTokens | None = None,
     ) -> torch.Tensor:
-        """Tokens (B, T, C) attend to image tokens (1 or B, N, C) with keys ``image + image_pe``;
-        ``factored``: the same image tokens as :class:`FactoredTokens` (used with ``projection``'s bases)."""
+        """Tokens (B, T, C) attend to image tokens (1 or B, N, C) with keys ``image + image_pe``."""
         b, t, _ = tokens.shape
         h = self.num_heads
         q = self.q_proj(tokens)
-        if factored is not None and projection is not None and projection.base_keys is not None:
-            return self._tokens_to_factored_image(q.view(b, t, h, -1), image, image_pe, projection, factored)
         projected = self._projected_image(image, image_pe, b, projection, queries=False)
         if projected is not None:  # all prompts' tokens against the image projected once, one product per head
             q = q.view(b * t, h, -1).transpose(0, 1)  # (h, B*T, d)
@@ -240,25 +182,6 @@ class Attention(nn.Module):
         out = torch.einsum("bhtc,hdc->bthd", pooled, wv) + bv
         return self.out_proj(out.reshape(b, t, -1))
 
-    def _tokens_to_factored_image(
-        self,
-        q: torch.Tensor,
-        image: torch.Tensor,
-        image_pe: torch.Tensor,
-        projection: ImageProjection,
-        factored: FactoredTokens,
-    ) -> torch.Tensor:
-        """``tokens_to_image`` of per-head queries (B, T, h, d) on :class:`FactoredTokens`: the values pooled
-        as ``(attn * scale) @ base_values + (attn @ left^T) @ (right Wv^T) + bv`` (rows of attn sum to 1)."""
-        b, t, h, d = q.shape
-        scores = self._image_scores(q, self.k_proj, image, image_pe, projection.pe, (factored, projection.base_keys))
-        attn = scores.softmax(dim=-1)  # (B, h*T, N)
-        out = torch.einsum("bhtn,hnd->bthd", (attn * factored.scale).view(b, h, t, -1), projection.base_values)
-        thin = (attn @ factored.left.transpose(1, 2)).view(b, h, t, -1)  # (B, h, T, k)
-        right = (factored.right @ self.v_proj.weight.T).view(b, -1, h, d)  # (B, k, h, d)
-        out = out + torch.einsum("bhtk,bkhd->bthd", thin, right) + self.v_proj.bias.view(h, d)
-        return self.out_proj(out.reshape(b, t, -1))
-
     def image_update(
         self,
         image: torch.Tensor,
@@ -266,12 +189,10 @@ class Attention(nn.Module):
         tokens_k: torch.Tensor,
         tokens_v: torch.Tensor,
         projection: ImageProjection | None = None,
-        factored: FactoredTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tokens (1 or B, N, C) with queries ``image + image_pe`` attend to tokens (B, T, C): the
         attention output as the product ``weights @ values`` of (B, N, heads*T) attention weights and
-        (B, heads*T, C) values, out_proj folded in (the caller adds it to the image tokens).
-        ``factored``: the same image tokens as :class:`FactoredTokens` (used with ``projection``'s bases)."""
+        (B, heads*T, C) values, out_proj folded in (the caller adds it to the image tokens)."""
         b, t, _ = tokens_k.shape
         h = self.num_heads
         k = self.k_proj(tokens_k).view(b, t, h, -1)
@@ -285,9 +206,7 @@ class Attention(nn.Module):
             scores = (k @ projected.keys).view(h, b, t, -1).transpose(0, 1)  # (B, h, T, N)
         else:
             pe = projection.pe if projection is not None else None
-            base = projection.base_keys if projection is not None else None
-            tokens = (factored, base) if factored is not None and base is not None else None
-            scores = self._image_scores(k, self.q_proj, image, image_pe, pe, tokens).view(b, h, t, -1)
+            scores = self._image_scores(k, self.q_proj, image, image_pe, pe).view(b, h, t, -1)
         attn = scores.softmax(dim=2).reshape(b, h * t, -1)  # softmax over each head's T tokens
         return attn.transpose(1, 2), v_out.reshape(b, h * t, -1)
 
@@ -335,11 +254,9 @@ class TwoWayAttentionBlock(nn.Module):
         projections: tuple[ImageProjection | None, ImageProjection | None] = (None, None),
         updates: list[ImageUpdate] | None = None,
         keys_owned: bool = False,
-        factored: FactoredTokens | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``updates``: a list to append this layer's :class:`ImageUpdate` to (inference only); then
-        ``keys_owned`` says the keys are this call's alone (a previous layer's output), updated in place.
-        ``factored``: the keys as :class:`FactoredTokens`, which the cross-attentions read instead."""
+        ``keys_owned`` says the keys are this call's alone (a previous layer's output), updated in place."""
         to_image, to_tokens = projections
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -349,12 +266,11 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        attended = self.cross_attn_token_to_image.tokens_to_image(q, keys, key_pe, to_image, factored)
-        queries = self.norm2(queries + attended)
+        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, keys, key_pe, to_image))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        weights, values = self.cross_attn_image_to_token.image_update(keys, key_pe, q, queries, to_tokens, factored)
+        weights, values = self.cross_attn_image_to_token.image_update(keys, key_pe, q, queries, to_tokens)
         if updates is not None and keys_owned and keys.shape[0] == weights.shape[0]:
             keys = keys.baddbmm_(weights, values)  # nobody reads these keys after this: in place
         else:  # e.g. the first layer's keys: the prepared image, shared by every prompt
@@ -410,7 +326,6 @@ class TwoWayTransformer(nn.Module):
         a strided (N, C) view made the decoder ~15 % slower on CPU), the first layer's image projections (its
         image tokens are the same for every prompt when ``image_embedding`` has batch 1) and the PE
         projections of every cross-attention (``projected_pe``: ``project_pe(image_pe)`` if known).
-        At inference a shared image also gets the later attentions' bases for :class:`FactoredTokens`.
         """
         # token-major in memory: the folded path reads per-prompt images so, and every prompt's first
         # residual copies a shared one (from a strided view that copy took twice as long)
@@ -420,43 +335,11 @@ class TwoWayTransformer(nn.Module):
             m for layer in self.layers for m in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token)
         ]
         attentions.append(self.final_attn_token_to_image)
-        shared = keys.shape[0] == 1
-        gains = self.gains() if shared and not torch.is_grad_enabled() else None
         projections = tuple(
-            attention.project_image(
-                keys, key_pe, i % 2 == 1, i < 2 and shared, pe, gains[i // 2] if gains and i >= 2 else None
-            )
+            attention.project_image(keys, key_pe, i % 2 == 1, i < 2 and keys.shape[0] == 1, pe)
             for i, (attention, pe) in enumerate(zip(attentions, pes))
         )
         return ImageSide(keys, key_pe, projections)
-
-    def gains(self) -> list[torch.Tensor | None]:
-        """The product of the first j layers' image-token norm scales, j = 0 (None) .. depth."""
-        gains: list[torch.Tensor | None] = [None]
-        for layer in self.layers:
-            scale = layer.norm4.weight
-            gains.append(scale if gains[-1] is None else gains[-1] * scale)
-        return gains
-
-    def factor(self, j: int, update: ImageUpdate, tokens: FactoredTokens | None) -> FactoredTokens:
-        """The image tokens after layer j, ``norm4(x + A V)``, as :class:`FactoredTokens`, from that layer's
-        update and the tokens before it (None: the prepared image itself)."""
-        norm = self.layers[j].norm4
-        r = update.rstd.transpose(1, 2)  # (B, 1, N)
-        b, n, rank = r.shape[0], r.shape[2], update.weights.shape[-1]
-        kept = 0 if tokens is None else tokens.left.shape[1]
-        left = r.new_empty(b, kept + rank + 2, n)  # written in place: rows read the attention weights in order
-        if tokens is not None:
-            torch.mul(tokens.left, r, out=left[:, :kept])
-        torch.mul(update.weights.transpose(1, 2), r, out=left[:, kept : kept + rank])
-        torch.mul(update.mean.transpose(1, 2), r, out=left[:, kept + rank : kept + rank + 1]).neg_()
-        left[:, -1] = 1  # the norm's shift
-        g = norm.weight
-        rows = [update.values * g, g.expand(b, 1, -1), norm.bias.expand(b, 1, -1)]
-        if tokens is not None:
-            rows.insert(0, tokens.right * g)
-        scale = r if tokens is None else tokens.scale * r
-        return FactoredTokens(scale, left, torch.cat(rows, dim=1))
 
     def forward(
         self,
@@ -464,25 +347,19 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         image_side: ImageSide | None = None,
-        factored: list[FactoredTokens] | None = None,
+        updates: list[ImageUpdate] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns updated (tokens (B, T, C), image tokens (B, HW, C)); ``image_side`` from ``prepare``
-        on the same inputs skips the prompt-independent work. ``factored`` (a list; inference on a prepared
-        shared image) receives the image tokens after each layer as :class:`FactoredTokens`, which the later
-        cross-attentions then read instead of the tokens themselves."""
+        on the same inputs skips the prompt-independent work; ``updates`` (a list) receives each
+        layer's :class:`ImageUpdate`."""
         side = image_side if image_side is not None else self.prepare(image_embedding, image_pe)
         keys, key_pe, projections = side.keys, side.key_pe, side.projections
         queries = point_embedding
-        updates: list[ImageUpdate] | None = [] if factored is not None else None
-        tokens = None
         for i, layer in enumerate(self.layers):
             queries, keys = layer(
-                queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2], updates, i > 0, tokens
+                queries, keys, point_embedding, key_pe, projections[2 * i : 2 * i + 2], updates, keys_owned=i > 0
             )
-            if factored is not None:
-                tokens = self.factor(i, updates[-1], tokens)
-                factored.append(tokens)
         q = queries + point_embedding
-        final = self.final_attn_token_to_image.tokens_to_image(q, keys, key_pe, projections[-1], tokens)
+        final = self.final_attn_token_to_image.tokens_to_image(q, keys, key_pe, projections[-1])
         queries = self.norm_final_attn(queries + final)
         return queries, keys
