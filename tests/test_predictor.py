@@ -229,7 +229,10 @@ def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
     low[..., 0, 0] = 1.5  # exactly at a threshold
     input_size = get_preprocess_shape(*original, 1024)
     logits = model.postprocess_masks(low, input_size, original)
+    extent = model.low_res_extent(input_size)
     for threshold in (0.0, 1.5, -2.0):
         binary = model.postprocess_masks(low, input_size, original, threshold=threshold)
         assert torch.equal(binary, logits > threshold)
         assert binary.any() and (~binary).any()
+        cropped = low[..., : extent[0], : extent[1]]  # what "segment everything" passes
+        assert torch.equal(model.postprocess_masks(cropped, input_size, original, threshold=threshold), binary)
