@@ -1,31 +1,46 @@
 """Reading images as people have them: the one image reader of every path (CLI, folders, evaluation,
-training data, the service's uploads).
+training data, calibration, the service's uploads). docs/images.md explains the rules.
 
 - **Orientation**: the frame a viewer shows. EXIF orientation (phone photos) is applied
   (``ImageOps.exif_transpose``), so prompts are read and masks are returned in the displayed frame.
-- **Bit depth**: 16-bit and float images are scaled to 8 bits, by default over the type's full range
-  (``high_bit="full"``: 0..65535 -> 0..255, floats 0..1), or between two percentiles of the image
+- **Bit depth**: 16-bit, 32-bit integer and float images are scaled to 8 bits, by default over their
+  nominal range (``high_bit="full"``: 0..65535, floats 0..1), or between two percentiles of the image
   (``high_bit="percentile"``, for microscopy and depth images that use a small part of their range).
 - **Modes**: palette, gray, gray+alpha, CMYK, 1-bit and RGBA become RGB (alpha dropped).
-- **Size**: images above ``max_pixels`` are refused before their pixels are decoded (decompression
-  bombs); images with a side under ``MIN_SIDE`` are refused (nothing useful can be segmented there).
+- **Size**: images above ``max_pixels`` are refused from their header, before their pixels are decoded
+  (decompression bombs); images with a side under ``MIN_SIDE`` are refused (nothing can be segmented there).
+
+Thread safety: the reader changes no global state (Pillow's ``MAX_IMAGE_PIXELS`` is left alone: it is the
+process-wide ceiling, above which Pillow itself refuses to decode; :func:`raise_pillow_limit` lifts it
+once at start-up for applications that accept larger images).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; raise with max_pixels=... (CLI: --max-pixels)
-MIN_SIDE = 8  # pixels: one cell of the encoder's 64x64 embedding grid at 512 px is 8 pixels
+# Pillow's own default (1024*1024*1024 // 4 // 3 = 89.5 million pixels, e.g. 11000x8000), so that at the
+# defaults Pillow never warns about an image the reader accepts. Raise with max_pixels=... (CLI: --max-pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+# The smallest side evitsam segments. The encoders' finest features have a stride of 8 input pixels, so an
+# image under 8 pixels on a side is less than one feature cell at its own scale: all detail in the
+# upscaled encoder input is interpolation, and a 1x1 image gives an empty mask rather than an answer.
+MIN_SIDE = 8
 HIGH_BIT_MODES = ("full", "percentile")
 DEFAULT_PERCENTILES = (0.5, 99.5)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# What Pillow raises for files it cannot parse or decode (its own list in Image.open, plus decoder errors).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error)
 
 
 class ImageReadError(ValueError):
@@ -36,12 +51,36 @@ class ImageTooLargeError(ImageReadError):
     """More pixels than the reader's ``max_pixels`` limit (refused before decoding)."""
 
 
+class ImageTooSmallError(ImageReadError):
+    """A side shorter than ``MIN_SIDE`` pixels."""
+
+
+def image_suffixes() -> frozenset[str]:
+    """File name extensions (lower case, with the dot) of the formats Pillow can read."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
 def check_image_size(height: int, width: int, name: str = "image") -> None:
     """Refuse images with a side under ``MIN_SIDE`` pixels (a 1x1 image gives an empty mask, not an error)."""
     if min(height, width) < MIN_SIDE:
-        raise ValueError(
+        raise ImageTooSmallError(
             f"{name} is {width}x{height} pixels; the smallest image evitsam segments is {MIN_SIDE} pixels on each side"
         )
+
+
+def raise_pillow_limit(max_pixels: int | None) -> None:
+    """Let Pillow decode images of up to ``max_pixels`` (None: any size), process-wide.
+
+    Pillow refuses images above twice ``PIL.Image.MAX_IMAGE_PIXELS`` (and warns above it) whatever a
+    reader asks for. An application that accepts larger images (the CLI's ``--max-pixels``) calls this
+    once at start-up, before threads read images; the ceiling is only ever raised, and Pillow's warning
+    is silenced, since :func:`read_image` refuses images above its own ``max_pixels`` with a clear error.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and (max_pixels is None or max_pixels > current):
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def read_image(
@@ -55,11 +94,11 @@ def read_image(
     """An image file (path, bytes or binary stream) -> HxWx3 uint8 RGB in the orientation viewers show.
 
     Raises ``FileNotFoundError`` (no such file), ``IsADirectoryError`` (a folder), ``ImageTooLargeError``
-    (over ``max_pixels``; ``None`` = no limit) or ``ImageReadError`` (not an image, truncated, or too small).
-    ``name`` is what messages call the source (default: the path, or "upload").
+    (over ``max_pixels``; ``None`` = no limit of ours) or ``ImageReadError`` (not an image, truncated,
+    or too small: ``ImageTooSmallError``). ``name`` is what messages call the source (default: the path,
+    or "upload"). A stream passed in is read from its start and left open.
     """
-    if high_bit not in HIGH_BIT_MODES:
-        raise ValueError(f"high_bit must be one of {HIGH_BIT_MODES}, got {high_bit!r}")
+    _check_options(max_pixels, high_bit, percentiles)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = name or str(path)
@@ -67,67 +106,121 @@ def read_image(
             raise IsADirectoryError(f"{name} is a folder, not an image")
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {name}")
-        stream: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed below)
-    else:
-        name = name or "upload"
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    try:
-        with stream, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _open(stream, name, max_pixels)
+        with open(path, "rb") as stream:
+            return _read(stream, name, max_pixels, high_bit, percentiles)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read(io.BytesIO(source), name or "upload", max_pixels, high_bit, percentiles)
+    if not hasattr(source, "read"):
+        raise TypeError(f"read_image takes a path, bytes or a binary stream, got {type(source).__name__}")
+    return _read(source, name or "upload", max_pixels, high_bit, percentiles)
+
+
+def _check_options(max_pixels: int | None, high_bit: str, percentiles: tuple[float, float]) -> None:
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+    if high_bit not in HIGH_BIT_MODES:
+        raise ValueError(f"high_bit must be one of {HIGH_BIT_MODES}, got {high_bit!r}")
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {percentiles!r}")
+
+
+def _read(
+    stream: BinaryIO, name: str, max_pixels: int | None, high_bit: str, percentiles: tuple[float, float]
+) -> np.ndarray:
+    with _pillow_errors(name):
+        image = _open(stream, name)
+        with image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name} has {width * height / 1e6:.1f} million pixels ({width}x{height}), above the limit "
+                    f"of {max_pixels / 1e6:.1f} million; raise it with max_pixels (CLI: --max-pixels) if you trust "
+                    "the file"
+                )
+            check_image_size(height, width, name)
+            image.load()
             try:
-                image.load()
-                image = ImageOps.exif_transpose(image)
-            except (OSError, SyntaxError, ValueError) as error:
-                raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from None
-            array = to_rgb_uint8(image, high_bit, percentiles)
-    except Image.DecompressionBombWarning:  # only reached with max_pixels=None above Pillow's own limit
-        raise ImageTooLargeError(f"{name} is larger than Pillow's decompression-bomb limit") from None
+                upright = ImageOps.exif_transpose(image)
+            except _PILLOW_ERRORS:  # unreadable EXIF: viewers show the stored frame, and so do we
+                upright = image
+            array = to_rgb_uint8(upright, high_bit, percentiles)
     check_image_size(*array.shape[:2], name=name)
     return array
 
 
-def _open(stream: BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
-    """``Image.open`` (header only) with our pixel limit in place of Pillow's bomb warning/error."""
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our limit below replaces Pillow's; restored at once
+def _open(stream: BinaryIO, name: str) -> Image.Image:
+    """``Image.open`` (the header only), with Pillow's errors turned into ours."""
     try:
-        image = Image.open(stream)
+        return Image.open(stream)
     except UnidentifiedImageError:
-        raise ImageReadError(
-            f"cannot read image {name}: not an image file (or a format Pillow does not read)"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    pixels = image.width * image.height
-    if max_pixels is not None and pixels > max_pixels:
+        try:
+            empty = stream.seek(0, io.SEEK_END) == 0
+        except (AttributeError, OSError, ValueError):  # not seekable: Pillow read it whole, so it was not empty
+            empty = False
+        what = "an empty file" if empty else "not an image file (or a format Pillow does not read)"
+        raise ImageReadError(f"cannot read image {name}: {what}") from None
+
+
+@contextlib.contextmanager
+def _pillow_errors(name: str) -> Iterator[None]:
+    """Pillow's bomb refusals -> ImageTooLargeError, its parse and decode errors -> ImageReadError."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        ceiling = Image.MAX_IMAGE_PIXELS or 0
         raise ImageTooLargeError(
-            f"{name} has {pixels / 1e6:.1f} million pixels ({image.width}x{image.height}), above the limit of "
-            f"{max_pixels / 1e6:.0f} million; raise it with max_pixels (CLI: --max-pixels) if you trust the file"
-        )
-    return image
+            f"{name} is above Pillow's process-wide limit of {2 * ceiling / 1e6:.1f} million pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS); to read it, call evitsam.io.raise_pillow_limit(max_pixels) at start-up "
+            "(CLI: --max-pixels)"
+        ) from None
+    except ImageReadError:
+        raise
+    except _PILLOW_ERRORS as error:
+        raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from None
 
 
 def to_rgb_uint8(
     image: Image.Image, high_bit: str = "full", percentiles: tuple[float, float] = DEFAULT_PERCENTILES
 ) -> np.ndarray:
-    """A decoded PIL image of any mode -> HxWx3 uint8 RGB (see the module docstring for the rules)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode == "F":
-            low, high = 0.0, 1.0
-        elif image.mode == "I" and values.size and (values.max() > 65535 or values.min() < 0):
-            low, high = float(np.iinfo(np.int32).min), float(np.iinfo(np.int32).max)
-        else:
-            low, high = 0.0, 65535.0
-        if high_bit == "percentile" and values.size:
-            low, high = (float(v) for v in np.percentile(values, percentiles))
-        scaled = (values - low) * (255.0 / max(high - low, 1e-12))
-        gray = np.clip(np.nan_to_num(scaled, nan=0.0) + 0.5, 0, 255).astype(np.uint8)
+    """A decoded PIL image of any mode -> HxWx3 uint8 RGB (see docs/images.md for the rules)."""
+    if image.mode in (*SIXTEEN_BIT_MODES, "I", "F"):
+        gray = scale_to_uint8(np.asarray(image), high_bit, percentiles)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    return np.asarray(image.convert("RGB"))
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:  # modes Pillow cannot turn into RGB (e.g. LAB)
+        raise ImageReadError(f"cannot convert a {image.mode} image to RGB: {_reason(error)}") from None
+
+
+def nominal_range(values: np.ndarray) -> tuple[float, float]:
+    """The range ``high_bit="full"`` maps to 0..255: the type's (16-bit 0..65535, float 0..1), or the
+    image's own minimum..maximum when its values fall outside that range (32-bit data, depths in metres)."""
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0:
+        return 0.0, 1.0
+    nominal = (0.0, 1.0) if values.dtype.kind == "f" else (0.0, 65535.0)
+    low, high = float(finite.min()), float(finite.max())
+    if nominal[0] <= low and high <= nominal[1]:
+        return nominal
+    return low, high
+
+
+def scale_to_uint8(
+    values: np.ndarray, high_bit: str = "full", percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> np.ndarray:
+    """``round(255 * (v - low) / (high - low))`` clipped to 0..255; NaN -> 0. ``low, high``: the nominal
+    range (``"full"``, :func:`nominal_range`) or the image's ``percentiles`` (``"percentile"``)."""
+    values = values.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    if high_bit == "percentile" and finite.size:
+        low, high = (float(v) for v in np.percentile(finite, percentiles))
+    else:
+        low, high = nominal_range(values)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    with np.errstate(invalid="ignore"):
+        scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _reason(error: BaseException) -> str:
