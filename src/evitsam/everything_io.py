@@ -25,6 +25,7 @@ from PIL import Image
 
 from .everything import MaskGenerator
 from .files import atomic_write
+from .io import read_image
 
 FORMATS = ("coco", "json", "png")
 OVERLAY_ALPHA = 0.55
@@ -102,7 +103,7 @@ def segment_everything(
     output: Path,
     fmt: str = "coco",
     overlay: bool = False,
-    open_image: Callable[[Path], Image.Image] | None = None,
+    open_image: Callable[[Path], np.ndarray | Image.Image] = read_image,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``generator`` on ``files`` and write their outputs; returns a summary.
@@ -124,7 +125,7 @@ def segment_everything(
             summary["skipped"].append(file.name)
             continue
         try:
-            picture = np.asarray(open_image(file) if open_image else Image.open(file).convert("RGB"))
+            picture = np.asarray(open_image(file))
         except (OSError, ValueError) as error:
             tqdm.write(f"warning: skipping {file}: {' '.join(str(error).split())}", file=sys.stderr)
             summary["failed"].append(file.name)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .io import check_image_size, to_rgb_uint8
+
 PROMPT_FRAME = 1024
 
 
@@ -23,26 +25,33 @@ def get_preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, 
 def as_rgb_uint8(image: np.ndarray | Image.Image, image_format: str = "RGB") -> np.ndarray:
     """Validate and convert an input image to an HxWx3 uint8 RGB array.
 
-    Conversion rule: PIL images go through ``Image.convert("RGB")``; numpy grayscale (HxW or
-    HxWx1) is replicated to three channels; RGBA (HxWx4) drops the alpha channel (colours are
-    kept as they are, as PIL does). ``image_format="BGR"`` flips 3-channel input to RGB.
+    Conversion rule: PIL images of any mode go through :func:`evitsam.io.to_rgb_uint8` (the file
+    reader's rules: 16-bit and float modes scaled over their nominal range, palette/CMYK/alpha to RGB);
+    they are taken in the frame they are in (files read with :func:`evitsam.io.read_image` are already
+    upright). Numpy grayscale (HxW or HxWx1) is replicated to three channels; RGBA (HxWx4) drops the
+    alpha channel (colours are kept as they are, as PIL does). ``image_format="BGR"`` flips 3-channel
+    input to RGB. Images with a side under ``evitsam.io.MIN_SIDE`` pixels are refused.
     """
     if image_format not in ("RGB", "BGR"):
         raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"))
+        array = to_rgb_uint8(image)
     elif isinstance(image, np.ndarray):
         array = image
     else:
         raise ValueError(f"image must be an HxWxC uint8 numpy array or a PIL image, got {type(image).__name__}")
     if array.dtype != np.uint8:
-        raise ValueError(f"image must have dtype uint8 (0-255), got {array.dtype}")
+        raise ValueError(
+            f"image must have dtype uint8 (0-255), got {array.dtype}; scale it to 0-255 first "
+            "(evitsam.io.scale_to_uint8), or read files with evitsam.io.read_image"
+        )
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {tuple(image.shape)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"image must not be empty, got shape {tuple(array.shape)}")
+    check_image_size(array.shape[0], array.shape[1])
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     elif array.shape[2] == 4:

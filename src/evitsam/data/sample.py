@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
+
+from ..io import read_image
 
 T = TypeVar("T")
 
@@ -29,12 +30,12 @@ class Sample:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file fully (so truncated files fail here, not later in a worker)."""
+    """Decode an image file fully with :func:`evitsam.io.read_image` (upright, 8-bit RGB), so truncated
+    files fail here, not later in a worker."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise SampleError(f"cannot read image {path}: {error}") from None
+        return read_image(path)
+    except (OSError, ValueError) as error:
+        raise SampleError(" ".join(str(error).split())) from None
 
 
 def choose_masks(count: int, max_masks: int | None, rng: np.random.Generator) -> np.ndarray:

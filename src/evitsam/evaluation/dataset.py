@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..data.sample import read_rgb
+from ..io import read_image as read_image_file
 
 DATASETS = ("coco", "lvis")
 MIN_AREA = 1.0  # the official protocol skips annotations with area < 1
@@ -136,12 +136,15 @@ class EvalDataset:
         return self._objects.get(image_id, [])
 
     def read_image(self, image: EvalImage) -> np.ndarray:
-        """The image as HxWx3 uint8 RGB (PIL ``convert("RGB")``, as the official code)."""
-        array = read_rgb(image.path)
+        """The image as HxWx3 uint8 RGB, upright (:func:`evitsam.io.read_image`; the official code reads
+        ``convert("RGB")`` pixels, which are the same for files without an EXIF orientation)."""
+        array = read_image_file(image.path)
         if array.shape[:2] != (image.height, image.width):
+            turned = array.shape[:2] == (image.width, image.height)
+            hint = "; its EXIF orientation turns it: annotations must be in the frame viewers show" if turned else ""
             raise ValueError(
-                f"image {image.path} is {array.shape[1]}x{array.shape[0]} but the annotations say "
-                f"{image.width}x{image.height}"
+                f"image {image.path} is {array.shape[1]}x{array.shape[0]} (upright) but the annotations say "
+                f"{image.width}x{image.height}{hint}"
             )
         return array
 

@@ -14,13 +14,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..io import image_suffixes, read_image
 from ..models import EfficientViTSam
 from ..transforms import SamTransform, as_rgb_uint8
 
 INT8_FILE = "encoder_int8.xml"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MIN_CALIBRATION_IMAGES = 4
 # The project's bar for any reduced precision: embedding cosine >= 0.99 with fp32 (checked on held-out photos).
 MIN_COSINE = 0.99
@@ -33,11 +32,9 @@ def calibration_images(source: str | os.PathLike | list) -> list[np.ndarray]:
         folder = Path(source)
         if not folder.is_dir():
             raise FileNotFoundError(f"calibration folder not found: {folder}")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        images = []
-        for path in files:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB")))
+        suffixes = image_suffixes()
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        images = [read_image(path) for path in files]
     else:
         images = [as_rgb_uint8(image) for image in source]
     if len(images) < MIN_CALIBRATION_IMAGES:
