@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator
@@ -128,16 +129,12 @@ def _check_options(max_pixels: int | None, high_bit: str, percentiles: tuple[flo
 def _read(
     stream: BinaryIO, name: str, max_pixels: int | None, high_bit: str, percentiles: tuple[float, float]
 ) -> np.ndarray:
-    with _pillow_errors(name):
+    with _pillow_errors(name, max_pixels):
         image = _open(stream, name)
         with image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name} has {width * height / 1e6:.1f} million pixels ({width}x{height}), above the limit "
-                    f"of {max_pixels / 1e6:.1f} million; raise it with max_pixels (CLI: --max-pixels) if you trust "
-                    "the file"
-                )
+                raise _too_large(name, f"{width * height / 1e6:.1f} million pixels ({width}x{height})", max_pixels)
             check_image_size(height, width, name)
             image.load()
             try:
@@ -163,14 +160,19 @@ def _open(stream: BinaryIO, name: str) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _pillow_errors(name: str) -> Iterator[None]:
+def _pillow_errors(name: str, max_pixels: int | None) -> Iterator[None]:
     """Pillow's bomb refusals -> ImageTooLargeError, its parse and decode errors -> ImageReadError."""
     try:
         yield
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        ceiling = Image.MAX_IMAGE_PIXELS or 0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        found = re.search(r"\((\d+) pixels\)", str(error))  # Pillow's message names the header's pixel count
+        pixels = int(found.group(1)) if found else None
+        if max_pixels is not None and (pixels is None or pixels > max_pixels):
+            size = f"{pixels / 1e6:.1f} million" if pixels else f"more than {ceiling / 1e6:.1f} million"
+            raise _too_large(name, f"{size} pixels", max_pixels) from None
         raise ImageTooLargeError(
-            f"{name} is above Pillow's process-wide limit of {2 * ceiling / 1e6:.1f} million pixels "
+            f"{name} is above Pillow's process-wide limit of {ceiling / 1e6:.1f} million pixels "
             "(PIL.Image.MAX_IMAGE_PIXELS); to read it, call evitsam.io.raise_pillow_limit(max_pixels) at start-up "
             "(CLI: --max-pixels)"
         ) from None
@@ -178,6 +180,13 @@ def _pillow_errors(name: str) -> Iterator[None]:
         raise
     except _PILLOW_ERRORS as error:
         raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from None
+
+
+def _too_large(name: str, size: str, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{name} has {size}, above the limit of {max_pixels / 1e6:.1f} million; raise it with max_pixels "
+        "(CLI: --max-pixels) if you trust the file"
+    )
 
 
 def to_rgb_uint8(
@@ -211,12 +220,12 @@ def scale_to_uint8(
 ) -> np.ndarray:
     """``round(255 * (v - low) / (high - low))`` clipped to 0..255; NaN -> 0. ``low, high``: the nominal
     range (``"full"``, :func:`nominal_range`) or the image's ``percentiles`` (``"percentile"``)."""
-    values = values.astype(np.float64)
-    finite = values[np.isfinite(values)]
-    if high_bit == "percentile" and finite.size:
-        low, high = (float(v) for v in np.percentile(finite, percentiles))
+    if high_bit == "percentile":
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        low, high = (float(v) for v in np.percentile(finite, percentiles)) if finite.size else (0.0, 1.0)
     else:
         low, high = nominal_range(values)
+    values = values.astype(np.float64)
     scale = 255.0 / (high - low) if high > low else 0.0
     with np.errstate(invalid="ignore"):
         scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)

@@ -74,7 +74,7 @@ def precompute(teacher: Teacher, data: str | Path, out: str | Path, hflip: bool 
     """
     process = start_processes()
     out = Path(out)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, images_only=True)
     manifest = {"teacher": teacher.name, "teacher_size": teacher.encoder_size, "dtype": "float16", "hflip": hflip}
     if (out / MANIFEST).is_file():
         old = json.loads((out / MANIFEST).read_text())
@@ -177,7 +177,7 @@ def distill(
     process: Process = start_processes()
     out = Path(out)
     check_run_folder(out, resume)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, images_only=True)
     store = EmbeddingCache(cache) if cache is not None else None
     if isinstance(teacher, str):
         teacher = load_teacher(teacher, process.device)
