@@ -1,4 +1,5 @@
-"""SA-1B and COCO datasets on the shared samples: layouts, decoding, subsets, and bad files skipped."""
+"""SA-1B and COCO datasets on the shared samples: layouts, decoding, subsets, and bad files skipped; plain image
+folders (distillation)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import load_photo
+from PIL import Image
 
-from evitsam.data import CocoDataset, SA1BDataset, SampleError, collate_samples, open_dataset
+from evitsam.data import CocoDataset, ImageFolder, SA1BDataset, SampleError, collate_samples, open_dataset
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +120,37 @@ def test_unknown_layouts_and_arguments(tmp_path, sa1b_root):
     with pytest.raises(FileNotFoundError):
         open_dataset(tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match="cannot tell the layout"):
+    with pytest.raises(ValueError, match="cannot tell the layout.*plain folder of images serves distillation only"):
         open_dataset(tmp_path)
     with pytest.raises(ValueError, match="max_masks"):
         SA1BDataset(sa1b_root, max_masks=0)
     with pytest.raises(IndexError):
         SA1BDataset(sa1b_root)[3]
+
+
+def test_plain_image_folders_are_read_recursively_and_sorted(tmp_path):
+    photo = Image.fromarray(load_photo("dog.jpg")).resize((80, 53))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: read upright
+    for name in ["b/x.jpg", "a/x.jpg", "a/x.png", "top.PNG", ".hidden/h.jpg", "a/.h.jpg", "phone.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        photo.save(tmp_path / name, exif=exif.tobytes() if name == "phone.jpg" else b"")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"not a jpeg either")
+    dataset = open_dataset(tmp_path, images_only=True)
+    assert isinstance(dataset, ImageFolder)
+    names = [p.relative_to(tmp_path).as_posix() for p in dataset.files]
+    assert names == ["a/x.jpg", "a/x.png", "b/broken.jpg", "b/x.jpg", "phone.jpg", "top.PNG"]
+    keys = [dataset.image_key(i) for i in range(len(dataset))]
+    assert len(set(keys)) == len(keys) and keys[0] == "a%2Fx.jpg" and keys[-1] == "top.PNG"
+    assert dataset.read_image(0).shape == (53, 80, 3)
+    assert dataset.read_image(4).shape == (80, 53, 3)  # EXIF orientation 6 applied
+    with pytest.warns(UserWarning, match="skipping sample 2: cannot read image .*broken.jpg"):
+        assert dataset.read_image(2) is None
+    sample = dataset[3]
+    assert sample.image.shape == (53, 80, 3) and sample.masks.shape == (0, 53, 80) and sample.boxes.shape == (0, 4)
+    assert dataset.skipped == 1
+    with pytest.raises(ValueError, match="no image files"):
+        ImageFolder(tmp_path / "a" / "empty" if (tmp_path / "a" / "empty").mkdir() is None else tmp_path)
+    with pytest.raises(FileNotFoundError):
+        ImageFolder(tmp_path / "missing")

@@ -8,14 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
+from conftest import load_photo, randomize_
+from PIL import Image
 from typer.testing import CliRunner
 
 import evitsam
 from evitsam.cli import app
 from evitsam.models.sam_vit import SamViTEncoder
 from evitsam.training.config import DistillConfig
-from evitsam.training.distill import DistillStep, EmbeddingCache, distill
+from evitsam.training.distill import DistillStep, EmbeddingCache, distill, precompute
 from evitsam.training.teacher import load_teacher, match_grid, sam_vit_config
 from evitsam.weights import save_safetensors
 
@@ -157,6 +158,24 @@ def _teacher_file(tmp_path):
     path = tmp_path / "teacher.safetensors"
     save_safetensors(randomize_(evitsam.build_model("tiny"), seed=7).state_dict(), path, "tiny")
     return path
+
+
+def test_distill_on_a_plain_folder_of_photos(tmp_path):
+    """Stage 1 needs images only: any folder of photos (sub-folders too) is distillation data."""
+    photos = tmp_path / "photos"
+    for i, name in enumerate(["dog.jpg", "groceries.jpg", "evit_cat.jpg"]):
+        folder = photos / ("holiday" if i else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load_photo(name)).resize((96, 64)).save(folder / f"{i}.png")
+    teacher = load_teacher(str(_teacher_file(tmp_path)))
+    run = tmp_path / "run"
+    distill(DistillConfig.from_dict(FAST), photos, run, teacher=teacher, progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[-1]["loss"] > 0
+    assert evitsam.load_model(run / "model.safetensors").variant == "tiny"
+    assert precompute(teacher, photos, tmp_path / "cache", progress=False) == 3
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.npy")) == ["0.png.npy", "holiday%2F1.png.npy",
+                                                                          "holiday%2F2.png.npy"]  # fmt: skip
 
 
 def test_distill_errors_are_specific(tmp_path, data):

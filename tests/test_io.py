@@ -318,6 +318,7 @@ def test_images_under_the_minimum_side_are_refused():
         with pytest.raises(ValueError, match=f"{MIN_SIDE} pixels on each side"):
             as_rgb_uint8(np.zeros((*size, 3), np.uint8))
     assert read_image(encode(np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8), "PNG")).shape == (MIN_SIDE, MIN_SIDE, 3)
+    assert read_image(encode(np.zeros((1, 2, 3), np.uint8), "PNG"), min_side=1).shape == (1, 2, 3)  # training pixels
     predictor = evitsam.SamPredictor(evitsam.build_model("tiny"))
     with pytest.raises(ValueError, match="smallest image"):
         predictor.set_image(np.zeros((1, 1, 3), np.uint8))

@@ -62,11 +62,11 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def check_image_size(height: int, width: int, name: str = "image") -> None:
-    """Refuse images with a side under ``MIN_SIDE`` pixels (a 1x1 image gives an empty mask, not an error)."""
-    if min(height, width) < MIN_SIDE:
+def check_image_size(height: int, width: int, name: str = "image", min_side: int = MIN_SIDE) -> None:
+    """Refuse images with a side under ``min_side`` pixels (a 1x1 image gives an empty mask, not an error)."""
+    if min(height, width) < min_side:
         raise ImageTooSmallError(
-            f"{name} is {width}x{height} pixels; the smallest image evitsam segments is {MIN_SIDE} pixels on each side"
+            f"{name} is {width}x{height} pixels; the smallest image evitsam segments is {min_side} pixels on each side"
         )
 
 
@@ -91,15 +91,19 @@ def read_image(
     high_bit: str = "full",
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     name: str | None = None,
+    min_side: int = MIN_SIDE,
 ) -> np.ndarray:
     """An image file (path, bytes or binary stream) -> HxWx3 uint8 RGB in the orientation viewers show.
 
     Raises ``FileNotFoundError`` (no such file), ``IsADirectoryError`` (a folder), ``ImageTooLargeError``
     (over ``max_pixels``; ``None`` = no limit of ours) or ``ImageReadError`` (not an image, truncated,
     or too small: ``ImageTooSmallError``). ``name`` is what messages call the source (default: the path,
-    or "upload"). A stream passed in is read from its start and left open.
+    or "upload"). A stream passed in is read from its start and left open. ``min_side``: images to segment
+    need ``MIN_SIDE``; readers of training pixels may accept less.
     """
     _check_options(max_pixels, high_bit, percentiles)
+    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1:
+        raise ValueError(f"min_side must be a positive integer, got {min_side!r}")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = name or str(path)
@@ -108,12 +112,12 @@ def read_image(
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {name}")
         with open(path, "rb") as stream:
-            return _read(stream, name, max_pixels, high_bit, percentiles)
+            return _read(stream, name, max_pixels, high_bit, percentiles, min_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _read(io.BytesIO(source), name or "upload", max_pixels, high_bit, percentiles)
+        return _read(io.BytesIO(source), name or "upload", max_pixels, high_bit, percentiles, min_side)
     if not hasattr(source, "read"):
         raise TypeError(f"read_image takes a path, bytes or a binary stream, got {type(source).__name__}")
-    return _read(source, name or "upload", max_pixels, high_bit, percentiles)
+    return _read(source, name or "upload", max_pixels, high_bit, percentiles, min_side)
 
 
 def _check_options(max_pixels: int | None, high_bit: str, percentiles: tuple[float, float]) -> None:
@@ -127,7 +131,12 @@ def _check_options(max_pixels: int | None, high_bit: str, percentiles: tuple[flo
 
 
 def _read(
-    stream: BinaryIO, name: str, max_pixels: int | None, high_bit: str, percentiles: tuple[float, float]
+    stream: BinaryIO,
+    name: str,
+    max_pixels: int | None,
+    high_bit: str,
+    percentiles: tuple[float, float],
+    min_side: int,
 ) -> np.ndarray:
     with _pillow_errors(name, max_pixels):
         image = _open(stream, name)
@@ -135,14 +144,14 @@ def _read(
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise _too_large(name, f"{width * height / 1e6:.1f} million pixels ({width}x{height})", max_pixels)
-            check_image_size(height, width, name)
+            check_image_size(height, width, name, min_side)
             image.load()
             try:
                 upright = ImageOps.exif_transpose(image)
             except _PILLOW_ERRORS:  # unreadable EXIF: viewers show the stored frame, and so do we
                 upright = image
             array = to_rgb_uint8(upright, high_bit, percentiles)
-    check_image_size(*array.shape[:2], name=name)
+    check_image_size(*array.shape[:2], name=name, min_side=min_side)
     return array
 
 

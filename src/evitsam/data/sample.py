@@ -31,9 +31,9 @@ class Sample:
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file fully with :func:`evitsam.io.read_image` (upright, 8-bit RGB), so truncated
-    files fail here, not later in a worker."""
+    files fail here, not later in a worker. Training reads pixels, not answers: any size is taken."""
     try:
-        return read_image(path)
+        return read_image(path, min_side=1)
     except (OSError, ValueError) as error:
         raise SampleError(" ".join(str(error).split())) from None
 
