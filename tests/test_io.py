@@ -20,6 +20,7 @@ from PIL import Image
 import evitsam
 from evitsam.io import (
     DEFAULT_MAX_PIXELS,
+    MAX_ASPECT,
     MIN_SIDE,
     ImageReadError,
     ImageTooLargeError,
@@ -322,4 +323,7 @@ def test_images_under_the_minimum_side_are_refused():
     predictor = evitsam.SamPredictor(evitsam.build_model("tiny"))
     with pytest.raises(ValueError, match="smallest image"):
         predictor.set_image(np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(ValueError, match=f"at most {MAX_ASPECT} times its short side"):
+        predictor.set_image(np.zeros((MIN_SIDE, (MAX_ASPECT + 1) * MIN_SIDE, 3), np.uint8))
+    assert as_rgb_uint8(np.zeros((MIN_SIDE, MAX_ASPECT * MIN_SIDE), np.uint8)).shape[1] == MAX_ASPECT * MIN_SIDE
     assert DEFAULT_MAX_PIXELS == 1024 * 1024 * 1024 // 4 // 3  # Pillow's own default warning level

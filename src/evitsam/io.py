@@ -37,6 +37,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # image under 8 pixels on a side is less than one feature cell at its own scale: all detail in the
 # upscaled encoder input is interpolation, and a 1x1 image gives an empty mask rather than an answer.
 MIN_SIDE = 8
+# Resizing the long side to the smallest encoder input (256 pixels) leaves the short side at least one pixel.
+MAX_ASPECT = 500
 HIGH_BIT_MODES = ("full", "percentile")
 DEFAULT_PERCENTILES = (0.5, 99.5)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -63,10 +65,16 @@ def image_suffixes() -> frozenset[str]:
 
 
 def check_image_size(height: int, width: int, name: str = "image", min_side: int = MIN_SIDE) -> None:
-    """Refuse images with a side under ``min_side`` pixels (a 1x1 image gives an empty mask, not an error)."""
+    """Refuse images with a side under ``min_side`` pixels (a 1x1 image gives an empty mask, not an error) or
+    longer than ``MAX_ASPECT`` times their short side."""
     if min(height, width) < min_side:
         raise ImageTooSmallError(
             f"{name} is {width}x{height} pixels; the smallest image evitsam segments is {min_side} pixels on each side"
+        )
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise ImageTooSmallError(
+            f"{name} is {width}x{height} pixels; its long side may be at most {MAX_ASPECT} times its short side "
+            "(resized for the encoder, the short side would vanish)"
         )
 
 
