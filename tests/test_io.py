@@ -60,17 +60,16 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png16_rgb(values: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG written by hand (Pillow writes no 16-bit colour)."""
-    height, width, _ = values.shape
+def png16(values: np.ndarray, orientation: int | None = None) -> bytes:
+    """A 16-bit RGB (HxWx3) or gray+alpha (HxWx2) PNG written by hand (Pillow writes no 16-bit colour),
+    with an eXIf chunk when ``orientation`` is given."""
+    height, width, channels = values.shape
     rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
-        + png_chunk(b"IEND", b"")
-    )
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, {3: 2, 2: 4}[channels], 0, 0, 0))
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation or 1
+    tags = png_chunk(b"eXIf", exif.tobytes()[6:]) if orientation else b""  # without the "Exif\0\0" prefix
+    return b"\x89PNG\r\n\x1a\n" + header + tags + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
 
 
 def claimed_size_png(width: int, height: int) -> bytes:
@@ -147,12 +146,19 @@ def test_16_bit_tiff_and_pgm():
         np.testing.assert_array_equal(read_image(encode(values, fmt))[..., 1], full_range(values, 0, 65535))
 
 
-def test_16_bit_rgb_png():
-    values = (small_photo(64).astype(np.uint32) * 257 + 100).clip(0, 65535).astype(np.uint16)
-    with Image.open(io.BytesIO(png16_rgb(values))) as image:
-        assert image.mode == "RGB"  # Pillow reads 16-bit colour by its high byte
-    image = read_image(png16_rgb(values))
-    assert np.abs(image.astype(int) - full_range(values, 0, 65535)).max() <= 1
+def test_16_bit_colour_png_keeps_all_16_bits():
+    displayed = (small_photo(64).astype(np.uint32) * 16 + 100).astype(np.uint16)  # 12-bit colour
+    data = png16(displayed)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGB"  # Pillow alone reads 16-bit colour by its high byte
+    np.testing.assert_array_equal(read_image(data), full_range(displayed, 0, 65535))
+    low, high = np.percentile(displayed, (0.5, 99.5))
+    np.testing.assert_array_equal(read_image(data, high_bit="percentile"), full_range(displayed, low, high))
+    for orientation in (3, 6, 8):
+        stored = np.ascontiguousarray(stored_pixels(displayed, orientation))
+        np.testing.assert_array_equal(read_image(png16(stored, orientation)), full_range(displayed, 0, 65535))
+    gray = np.stack([displayed[..., 1], np.full_like(displayed[..., 1], 65535)], axis=2)  # gray + alpha
+    np.testing.assert_array_equal(read_image(png16(gray))[..., 2], full_range(displayed[..., 1], 0, 65535))
 
 
 def test_float_tiff_in_0_1_and_in_other_units():

@@ -42,6 +42,7 @@ MAX_ASPECT = 500
 HIGH_BIT_MODES = ("full", "percentile")
 DEFAULT_PERCENTILES = (0.5, 99.5)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+EXIF_ORIENTATION = 0x0112
 # What Pillow raises for files it cannot parse or decode (its own list in Image.open, plus decoder errors).
 _PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error)
 
@@ -153,14 +154,63 @@ def _read(
             if max_pixels is not None and width * height > max_pixels:
                 raise _too_large(name, f"{width * height / 1e6:.1f} million pixels ({width}x{height})", max_pixels)
             check_image_size(height, width, name, min_side)
+            source = image.fp if _is_deep_colour(image) else None  # before load(), which clears the tiles
             image.load()
-            try:
-                upright = ImageOps.exif_transpose(image)
-            except _PILLOW_ERRORS:  # unreadable EXIF: viewers show the stored frame, and so do we
-                upright = image
-            array = to_rgb_uint8(upright, high_bit, percentiles)
+            deep = _decode_deep_colour(source, image.size) if source is not None else None
+            if deep is not None:
+                array = orient(scale_to_uint8(deep, high_bit, percentiles), _orientation(image))
+            else:
+                try:
+                    upright = ImageOps.exif_transpose(image)
+                except _PILLOW_ERRORS:  # unreadable EXIF: viewers show the stored frame, and so do we
+                    upright = image
+                array = to_rgb_uint8(upright, high_bit, percentiles)
     check_image_size(*array.shape[:2], name=name, min_side=min_side)
     return array
+
+
+def _is_deep_colour(image: Image.Image) -> bool:
+    """A 16-bit colour file, which Pillow decodes to 8 bits (by the high byte)."""
+    if image.mode not in ("RGB", "RGBA", "LA") or not image.tile:
+        return False
+    args = image.tile[0].args
+    rawmode = args if isinstance(args, str) else args[0] if args else ""
+    return ";16" in str(rawmode)
+
+
+def _decode_deep_colour(source: BinaryIO, size: tuple[int, int]) -> np.ndarray | None:
+    """The HxWx3 uint16 RGB pixels of a 16-bit colour file, decoded with OpenCV so that both scalings see
+    all 16 bits (None where OpenCV reads it otherwise: then Pillow's 8 bits are used)."""
+    import cv2
+
+    source.seek(0)
+    decoded = cv2.imdecode(np.frombuffer(source.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16 or decoded.shape[:2] != size[::-1]:
+        return None
+    if decoded.ndim == 2 or decoded.shape[2] == 2:  # gray (+ alpha)
+        return np.repeat(decoded.reshape(*decoded.shape[:2], -1)[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(decoded[:, :, 2::-1])  # OpenCV's BGR(A) -> RGB
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (*_PILLOW_ERRORS, AttributeError):
+        return 1
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels -> the displayed frame for an EXIF orientation (1-8), as ``ImageOps.exif_transpose``."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation, lambda a: a)(pixels)
+    return np.ascontiguousarray(turned)
 
 
 def _open(stream: BinaryIO, name: str) -> Image.Image:
