@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import load_photo
-from PIL import Image
+from PIL import Image, ImageOps
 
 import evitsam
 from evitsam.io import (
@@ -25,6 +25,7 @@ from evitsam.io import (
     ImageReadError,
     ImageTooLargeError,
     ImageTooSmallError,
+    orient,
     raise_pillow_limit,
     read_image,
 )
@@ -98,6 +99,18 @@ def test_exif_orientation_gives_the_displayed_frame(tmp_path, orientation):
     assert error < 4, error  # JPEG noise only
     if orientation == 3:  # same size as stored: the content must be turned, not just the shape
         assert np.abs(np.rot90(image, 2).astype(int) - displayed).mean() > 5 * error
+
+
+def test_all_eight_orientations_as_pillow_turns_them():
+    stored = small_photo(48)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+        data = encode(stored, "PNG", exif=exif.tobytes())  # lossless: exact comparisons
+        with Image.open(io.BytesIO(data)) as image:
+            expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        np.testing.assert_array_equal(read_image(data), expected)
+        np.testing.assert_array_equal(orient(stored, orientation), expected)  # the 16-bit colour path's turns
 
 
 def test_predictor_masks_line_up_with_the_displayed_image(tmp_path):
