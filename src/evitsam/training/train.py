@@ -56,8 +56,9 @@ class SamTrainingStep(nn.Module):
         gt_cpu = torch.cat(padded)  # prompt sampling draws from a CPU generator
         gt = gt_cpu.to(device)
         owner = torch.cat([torch.full((len(masks),), i, dtype=torch.long) for i, masks in enumerate(padded)])
-        # one embedding per prompt; a single image stays shared (the decoder then projects it once)
-        image_embeddings = embeddings if len(targets) == 1 else embeddings[owner.to(device)]
+        # one embedding per prompt; a single image stays shared (the decoder then projects it once), taken
+        # through the same view ops as a per-image loop so its gradients are summed in the same order
+        image_embeddings = embeddings[0][None] if len(targets) == 1 else embeddings[owner.to(device)]
         boxes = coords = labels = None
         if torch.rand((), generator=generator) < config.box_prob:
             jittered = [
