@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the deployment issue, as one call on a lent GPU machine (the `device` tool), which
-# starts bare: Python 3.12 with PyTorch, no pycocotools, no official EfficientViT-SAM code, no ../shared.
+# starts bare: Python 3.12 with PyTorch, no pycocotools, no official EfficientViT-SAM code, no data.
 #
-#   bash benchmarks/gpu_session.sh --prepare     # here, once per checkout: wheels + photos into .gpu/ (ignored)
+#   bash benchmarks/gpu_session.sh --prepare DATA  # here, once per checkout: wheels + photos into .gpu/ (ignored);
+#                                                 # DATA holds images/ (photos) and coco_subset/ (COCO val images)
 #   device run: command "bash benchmarks/gpu_session.sh", carry [".gpu"], timeout_s 540
 #
 # On the machine: installs the carried wheels, then (each stage time-boxed, its table and JSON under $OUT)
@@ -13,12 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--prepare" ]]; then
+    data=${2:?usage: gpu_session.sh --prepare DATA (a folder with images/ and coco_subset/)}
     grep -qxF '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     mkdir -p .gpu/whl .gpu/data
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/whl pycocotools efficientsam==1.0.0
-    cp -r ../shared/data/images ../shared/data/coco_subset .gpu/data/
+    cp -r "$data/images" "$data/coco_subset" .gpu/data/
     du -sh .gpu
     exit 0
 fi

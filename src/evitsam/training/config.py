@@ -36,6 +36,7 @@ class RunConfig:
     grad_clip: float = 1.0  # 0 disables
     grad_clip_mode: str = "norm"  # norm: global L2 norm; value: element-wise (the official recipe, at 2.0)
     amp: str = "fp32"  # fp32 | bf16 | fp16
+    max_minutes: float = 0.0  # > 0: the schedule is shortened to what fits in this many minutes (time-boxed runs)
     grad_checkpointing: bool = False  # recompute encoder stages in backward: less memory for XL models
     seed: int = 0
     # bookkeeping
@@ -86,6 +87,8 @@ class RunConfig:
         for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "val_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.max_minutes < 0:
+            raise ValueError(f"config key 'max_minutes' must be >= 0 (0: no time limit), got {self.max_minutes}")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.hflip <= 1:
             raise ValueError("config keys 'val_fraction' must be in [0, 1) and 'hflip' in [0, 1]")
 
@@ -104,6 +107,7 @@ class TrainConfig(RunConfig):
     """Stage 2: the whole model trained end to end from prompts (SAM's interactive recipe)."""
 
     max_masks: int = 16  # masks (prompts) per image and step
+    workers: int = 0  # DataLoader processes reading and augmenting the next steps' images (0: in the main process)
     include_crowd: bool = False  # COCO data: also train on crowd regions (iscrowd=1)
     min_mask_area: float = 1.0  # leave out masks smaller than this (pixels of the original image)
     # prompts
@@ -122,6 +126,8 @@ class TrainConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
+        if self.workers < 0:
+            raise ValueError(f"config key 'workers' must be >= 0, got {self.workers}")
         if self.max_masks < 1 or self.max_positive_points < 1 or self.num_points < 1:
             raise ValueError("config keys 'max_masks', 'max_positive_points' and 'num_points' must be >= 1")
 

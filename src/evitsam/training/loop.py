@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..distributed import init_distributed
+from ..distributed import broadcast, init_distributed
 from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..variants import get_variant
@@ -168,6 +168,52 @@ class MetricsLog:
         self.writer.close()
 
 
+# --------------------------------------------------------------------------------------- time box
+class TimeBox:
+    """Fits a run into ``config.max_minutes``: after a few timed steps the schedule (cosine to zero) is
+    shortened to the steps that fit, so a time-boxed run still ends with a decayed learning rate and its
+    final weights; a run that still overruns (validation, slower steps) stops at the next log step.
+    Every rank takes rank 0's decision."""
+
+    WARMUP_STEPS = 2  # not timed: first-step allocations and kernel selection
+    TIMED_STEPS = 20
+
+    def __init__(self, config: RunConfig, started: float, first_step: int) -> None:
+        self.config, self.started = config, started
+        self.budget = config.max_minutes * 60
+        self.timed_from = first_step + self.WARMUP_STEPS
+        self.timed_start = None
+
+    def after_step(self, step: int, last: int, scheduler, log: MetricsLog | None) -> int:
+        """The new last step of this invocation (``last`` or fewer). Every rank decides at the same steps."""
+        now = time.perf_counter()
+        if step == self.timed_from:
+            self.timed_start = now
+        timed = step == self.timed_from + self.TIMED_STEPS
+        if not timed and step % self.config.log_every != 0:
+            return last
+        elapsed = now - self.started
+        fits = self.config.max_steps
+        if timed:
+            fits = step + int((self.budget - elapsed) * self.TIMED_STEPS / (now - self.timed_start))
+        if elapsed > self.budget:
+            fits = step
+        fits = broadcast(fits)  # rank 0's clock decides for all
+        if fits >= self.config.max_steps:
+            return last
+        self.config.max_steps = max(step, fits)
+        schedule = lr_lambda(self.config.warmup_steps, self.config.max_steps)
+        scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)  # one per parameter group
+        rates = [base * schedule(scheduler.last_epoch) for base in scheduler.base_lrs]  # this step's, re-planned
+        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
+        if log is not None and log.bar is not None:
+            log.bar.total = self.config.max_steps
+            log.bar.refresh()
+        return min(last, self.config.max_steps)
+
+
 # ------------------------------------------------------------------------------------------- loop
 def fit(
     config: RunConfig,
@@ -217,6 +263,7 @@ def fit(
         log = MetricsLog(out, step, config.max_steps, resume, progress, desc)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
     started, first_step = time.perf_counter(), step
+    time_box = TimeBox(config, started, first_step)
     last = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
     while step < last:
         generator = step_generator(config.seed, step, rank)
@@ -232,6 +279,8 @@ def fit(
         scaler.update()
         scheduler.step()
         step += 1
+        if config.max_minutes > 0:
+            last = time_box.after_step(step, last, scheduler, log)
         if log is None:
             continue
         log.tick(losses["loss"].item())
@@ -258,6 +307,8 @@ def fit(
             atomic_write(out / CHECKPOINT, lambda tmp, state=state: torch.save(state, tmp))
     if log is not None:
         log.close()
+        if config.max_minutes > 0:  # the time box may have shortened max_steps: the folder says what ran
+            atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
         if step == config.max_steps:
             save_safetensors(model.state_dict(), out / FINAL_WEIGHTS, model.variant)
     if dist.is_initialized():
