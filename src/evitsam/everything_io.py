@@ -70,13 +70,14 @@ def recorded_settings(output: Path, image: Path, fmt: str) -> dict[str, Any] | N
 
 
 def settings_conflict(output: Path, files: list[Path], fmt: str, settings: dict[str, Any]) -> str | None:
-    """A one-line description of the finished images whose recorded settings differ from ``settings``, or None."""
+    """A one-line description of the finished images whose recorded settings differ from ``settings`` (in any
+    of its keys), or None."""
     differing: list[tuple[Path, dict[str, Any]]] = []
     for file in files:
         if is_done(output, file, fmt):
-            recorded = recorded_settings(output, file, fmt)
-            if recorded != settings:
-                differing.append((file, recorded or {}))
+            recorded = recorded_settings(output, file, fmt) or {}
+            if any(recorded.get(key) != value for key, value in settings.items()):
+                differing.append((file, recorded))
     if not differing:
         return None
     file, recorded = differing[0]

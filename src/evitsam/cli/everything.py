@@ -77,6 +77,10 @@ def everything(
     files = image_files(source)
     if source.is_file():
         read_cli_image(source, max_pixels)  # a single unreadable image is an error, not a warning
+    requested = {"model": name_or_path, "points_per_side": points_per_side, "sampling": sampling}
+    requested |= {k: v for k, v in [("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh",
+                  stability_score_thresh)] if v is not None}  # fmt: skip
+    _check_settings(output, files, fmt, requested, overwrite)  # what is known before the model loads
     check_engine(runtime, precision)
 
     from ..everything import MaskGenerator
@@ -92,11 +96,7 @@ def everything(
     }
     settings = {"model": name_or_path, "variant": sam.variant, "points_per_side": points_per_side}
     settings |= {"sampling": sampling} | filters
-    from ..everything_io import settings_conflict
-
-    conflict = None if overwrite or not output.is_dir() else settings_conflict(output, files, fmt, settings)
-    if conflict:
-        raise ValueError(f"{conflict}; use --overwrite to redo them, or another --output folder")
+    _check_settings(output, files, fmt, settings, overwrite)  # and the model's default thresholds
     generator = MaskGenerator(predictor, points_per_side=points_per_side, sampling=sampling, **filters)
     summary = segment_everything(
         generator,
@@ -110,6 +110,15 @@ def everything(
     )
     runtime_summary = {"runtime": predictor.runtime, "precision": predictor.precision} | filters
     typer.echo(json.dumps({"model": name_or_path, "variant": sam.variant} | runtime_summary | summary, indent=2))
+
+
+def _check_settings(output: Path, files: list[Path], fmt: str, settings: dict, overwrite: bool) -> None:
+    """Finished images made with other settings: an error (one folder, one set of settings) unless --overwrite."""
+    from ..everything_io import settings_conflict
+
+    conflict = None if overwrite or not output.is_dir() else settings_conflict(output, files, fmt, settings)
+    if conflict:
+        raise ValueError(f"{conflict}; use --overwrite to redo them, or another --output folder")
 
 
 def register(app: typer.Typer) -> None:
