@@ -18,7 +18,7 @@ import numpy as np
 from latency import environment
 from PIL import Image
 
-from evitsam.cli import render_overlay
+from evitsam.visualize import render_overlay
 from evitsam.data.synthetic import SynthSettings, generate, render
 
 REPO = Path(__file__).resolve().parents[1]
