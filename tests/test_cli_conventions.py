@@ -57,6 +57,8 @@ def _option_help(command: str, option: str) -> str:
 def test_overlay_and_max_pixels_mean_the_same_on_every_command():
     for option in ("--overlay", "--max-pixels"):
         assert _option_help("segment", option) == _option_help("everything", option)
+    done = evitsam("segment", "photo.jpg", "-p", "1,1", "-o", "mask.png", "--overlay", "overlay.png")
+    assert done.returncode == 2 and "--overlay takes no file name" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             raise CheckpointError(f"{path} is truncated or corrupt: {error}") from None
         except pickle.UnpicklingError as error:
             # torch's text advises weights_only=False (runs arbitrary code): never passed on.
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))
             if found is None:
                 raise CheckpointError(f"{path} is not a PyTorch checkpoint") from None
             raise CheckpointError(

@@ -39,6 +39,17 @@ class Command(TyperCommand):
         pieces = super().collect_usage_pieces(ctx)
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter:
+            raise
+        except Exception as error:  # click's UsageError: say why an old '--overlay FILE' no longer parses
+            if "--overlay" in given and "extra argument" in str(getattr(error, "message", "")):
+                error.message += "; --overlay takes no file name: it writes NAME_overlay.jpg beside --output"
+            raise
+
 
 class Group(TyperGroup):
     """Every command runs through ``invoke``: the one place that maps user errors to one line and exit code 2."""
