@@ -18,8 +18,8 @@ import numpy as np
 from latency import environment
 from PIL import Image
 
-from evitsam.cli import render_overlay
 from evitsam.data.synthetic import SynthSettings, generate, render
+from evitsam.visualize import render_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "data" / "coco_train_subset"

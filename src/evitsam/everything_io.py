@@ -8,6 +8,8 @@ Per image ``NAME`` (the file's stem) the output folder gets
 * ``NAME_overlay.jpg`` with ``overlay``: the masks in distinct colours over the image.
 Every file is written atomically and the masks file (or folder) last, so an image whose masks
 exist is finished: a rerun skips it, and an interrupted image is redone from scratch.
+The settings that made the masks (model, grid, filters) are recorded in the masks file (``settings``);
+a rerun with other settings refuses to mix results in one folder unless told to ``overwrite``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .everything import MaskGenerator
 from .files import atomic_write
 from .io import read_image
 
+if TYPE_CHECKING:
+    from .everything import MaskGenerator
+
 FORMATS = ("coco", "json", "png")
-OVERLAY_ALPHA = 0.55
 
 
 def image_files(path: Path) -> list[Path]:
@@ -57,31 +60,49 @@ def is_done(output: Path, image: Path, fmt: str) -> bool:
     return masks_path(output, image, fmt).exists()
 
 
-def distinct_colours(count: int) -> np.ndarray:
-    """(count, 3) uint8 RGB colours spread around the hue circle (golden-ratio steps), bright and saturated."""
-    hues = (np.arange(count) * 0.618033988749895) % 1.0 * 255
-    hsv = np.stack([hues, np.full(count, 200), np.full(count, 255)], axis=1).astype(np.uint8)
-    return np.asarray(Image.fromarray(hsv[None], mode="HSV").convert("RGB"))[0]
+def recorded_settings(output: Path, image: Path, fmt: str) -> dict[str, Any] | None:
+    """The settings recorded with a finished image's masks (None: not recorded, or unreadable)."""
+    path = masks_path(output, image, fmt)
+    try:
+        text = (path / "masks.json" if fmt == "png" else path).read_text()
+        return json.loads(text).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
-def render_masks(image: np.ndarray, masks: list[np.ndarray]) -> Image.Image:
-    """Every mask in its own colour over the image; smaller masks drawn on top of larger ones."""
-    colours = distinct_colours(len(masks))
-    painted = np.zeros_like(image)
-    covered = np.zeros(image.shape[:2], dtype=bool)
-    for i in np.argsort([-int(mask.sum()) for mask in masks], kind="stable"):
-        painted[masks[i]] = colours[i]
-        covered |= masks[i]
-    out = image.astype(np.float32)
-    out[covered] = (1 - OVERLAY_ALPHA) * out[covered] + OVERLAY_ALPHA * painted[covered]
-    return Image.fromarray(out.round().astype(np.uint8))
+def settings_conflict(output: Path, files: list[Path], fmt: str, settings: dict[str, Any]) -> str | None:
+    """A one-line description of the finished images whose recorded settings differ from ``settings`` (in any
+    of its keys), or None."""
+    differing: list[tuple[Path, dict[str, Any]]] = []
+    for file in files:
+        if is_done(output, file, fmt):
+            recorded = recorded_settings(output, file, fmt) or {}
+            if any(recorded.get(key) != value for key, value in settings.items()):
+                differing.append((file, recorded))
+    if not differing:
+        return None
+    file, recorded = differing[0]
+    changes = [f"{key} {recorded.get(key, 'unrecorded')} (now {value})" for key, value in settings.items()]
+    changes = [change for change, key in zip(changes, settings) if recorded.get(key) != settings[key]]
+    return (
+        f"{len(differing)} of {len(files)} images in {output} were finished with other settings "
+        f"({file.name}: {', '.join(changes)})"
+    )
 
 
-def write_masks(records: list[dict[str, Any]], path: Path, image: Path, size: tuple[int, int], fmt: str) -> None:
-    """Write one image's records in ``fmt`` (see the module docs); atomically."""
+def write_masks(
+    records: list[dict[str, Any]],
+    path: Path,
+    image: Path,
+    size: tuple[int, int],
+    fmt: str,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Write one image's records in ``fmt`` (see the module docs), with the ``settings`` that made them; atomically."""
     info = {"file_name": image.name, "height": size[0], "width": size[1]}
+    extra = {"settings": settings} if settings is not None else {}
     if fmt != "png":
-        text = json.dumps({"image": info, "annotations": records})
+        text = json.dumps({"image": info, "annotations": records} | extra)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         return
     from .masks import decode_rle
@@ -93,7 +114,9 @@ def write_masks(records: list[dict[str, Any]], path: Path, image: Path, size: tu
     for i, mask in enumerate(binary):
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / f"{i}.png")
     meta = [{k: v for k, v in r.items() if k != "segmentation"} | {"file": f"{i}.png"} for i, r in enumerate(records)]
-    (tmp / "masks.json").write_text(json.dumps({"image": info, "annotations": meta}))
+    (tmp / "masks.json").write_text(json.dumps({"image": info, "annotations": meta} | extra))
+    if path.exists():  # overwrite: a folder cannot be replaced in one rename
+        shutil.rmtree(path)
     os.replace(tmp, path)
 
 
@@ -105,11 +128,14 @@ def segment_everything(
     overlay: bool = False,
     open_image: Callable[[Path], np.ndarray | Image.Image] = read_image,
     progress: bool = True,
+    settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``generator`` on ``files`` and write their outputs; returns a summary.
 
-    Finished images are skipped; an image that cannot be read is skipped with a warning on stderr
-    (it stays unfinished, so a later run retries it).
+    Finished images are skipped (``overwrite``: redone); an image that cannot be read is skipped with a
+    warning on stderr (it stays unfinished, so a later run retries it). ``settings`` (what made the masks)
+    are recorded with them; finished images recorded with other settings are an error unless ``overwrite``.
     """
     from tqdm import tqdm
 
@@ -117,11 +143,15 @@ def segment_everything(
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if output.exists() and not output.is_dir():
         raise ValueError(f"output '{output}' exists and is not a folder")
+    if settings is not None and not overwrite and output.is_dir():
+        conflict = settings_conflict(output, files, fmt, settings)
+        if conflict:
+            raise ValueError(f"{conflict}; redo them with overwrite=True, or write to another folder")
     output.mkdir(parents=True, exist_ok=True)
     generator.output_mode = "uncompressed_rle" if fmt == "json" else "coco_rle"
     summary: dict[str, Any] = {"output": str(output), "images": len(files), "done": [], "skipped": [], "failed": []}
     for file in tqdm(files, desc="everything", unit="image", disable=not progress or len(files) < 2):
-        if is_done(output, file, fmt):
+        if not overwrite and is_done(output, file, fmt):
             summary["skipped"].append(file.name)
             continue
         try:
@@ -133,12 +163,13 @@ def segment_everything(
         records = generator.generate(picture)
         if overlay:
             from .masks import decode_rle
+            from .visualize import render_overlay
 
             masks = list(decode_rle([r["segmentation"] for r in records])) if records else []
-            drawn = render_masks(picture, masks)
+            drawn = render_overlay(picture, masks)
             atomic_write(
                 output / f"{file.stem}_overlay.jpg", lambda tmp, d=drawn: d.save(tmp, format="JPEG", quality=90)
             )
-        write_masks(records, masks_path(output, file, fmt), file, picture.shape[:2], fmt)
+        write_masks(records, masks_path(output, file, fmt), file, picture.shape[:2], fmt, settings)
         summary["done"].append({"image": file.name, "masks": len(records)})
     return summary

@@ -12,6 +12,7 @@ import importlib.resources
 import logging
 import os
 import pickle
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from .variants import DEFAULT_VARIANT, HF_REPO, VARIANTS, Variant, get_variant
 CACHE_ENV = "EVITSAM_HOME"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 _WRAPPER_KEYS = ("state_dict", "model")
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save: zip archive (default) or legacy pickle
 
 
 class CheckpointError(ValueError):
@@ -59,14 +61,22 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
             ) from None
     else:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if not (magic.startswith(_ZIP_MAGIC) or magic.startswith(_PICKLE_MAGIC)):  # torch.save's two formats
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except (zipfile.BadZipFile, EOFError) as error:
             raise CheckpointError(f"{path} is truncated or corrupt: {error}") from None
         except pickle.UnpicklingError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
+            # torch's text advises weights_only=False (runs arbitrary code): never passed on.
+            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))
+            if found is None:
+                raise CheckpointError(f"{path} is not a PyTorch checkpoint") from None
             raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint that loads safely (weights_only): {first_line}"
+                f"{path} holds Python objects besides tensors ({found.group(1)}), which safe loading "
+                f"(weights_only) refuses: it is not a checkpoint evitsam loads"
             ) from None
         except RuntimeError as error:
             raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
