@@ -121,7 +121,7 @@ OverlayOption = Annotated[
         "--overlay", help="Also write NAME_overlay.jpg beside the masks: the image with every mask outlined in colour."
     ),
 ]
-MAX_PIXELS_DEFAULT = 100_000_000  # evitsam.io.DEFAULT_MAX_PIXELS
+MAX_PIXELS_DEFAULT = 100_000_000  # above Pillow's own warning size: the CLI raises Pillow's ceiling to it
 MaxPixelsOption = Annotated[
     int,
     typer.Option(
@@ -140,8 +140,9 @@ def read_cli_image(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarr
         )
     if not path.exists():  # answered before numpy and Pillow are imported
         raise FileNotFoundError(f"image not found: {path}")
-    from ..io import ImageTooLargeError, read_image
+    from ..io import ImageTooLargeError, raise_pillow_limit, read_image
 
+    raise_pillow_limit(max_pixels)  # our limit, with our message, replaces Pillow's warning
     try:
         return read_image(path, max_pixels=max_pixels)
     except ImageTooLargeError as error:
