@@ -9,7 +9,7 @@ from conftest import load_photo, randomize_
 from PIL import Image
 
 from evitsam import SamPredictor, build_model
-from evitsam.transforms import get_preprocess_shape
+from evitsam.transforms import get_preprocess_shape, resize_longest_side
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,27 @@ def test_image_conversions(predictor):
 
 
 def test_set_torch_image_matches_set_image(predictor):
+    """An encoder-size image gives set_image's embedding exactly; SAM's 1024-frame image (from
+    ``predictor.transform.apply_image``) is resized on to the encoder and gives nearly the same."""
     image = load_photo("dog.jpg")
     other = SamPredictor(predictor.model)
     other.set_image(image)
-    resized = torch.as_tensor(other.transform.apply_image(image)).permute(2, 0, 1)[None].float()
+    direct = torch.as_tensor(resize_longest_side(image, 512)).permute(2, 0, 1)[None].float()
     predictor_torch = SamPredictor(predictor.model)
-    predictor_torch.set_torch_image(resized, image.shape[:2])
+    predictor_torch.set_torch_image(direct, image.shape[:2])
     torch.testing.assert_close(predictor_torch.features, other.features)
-    assert predictor_torch.input_size == other.input_size
+    assert predictor_torch.input_size == other.input_size == (684, 1024)
+
+    in_frame = predictor.transform.apply_image(image)
+    assert in_frame.shape[:2] == (684, 1024)  # SAM's ResizeLongestSide(1024) meaning
+    predictor_torch.set_torch_image(torch.as_tensor(in_frame).permute(2, 0, 1)[None], image.shape[:2])
+    assert predictor_torch.input_size == other.input_size and predictor_torch.original_size == other.original_size
+    difference = (predictor_torch.features - other.features).norm() / other.features.norm()
+    assert difference < 0.05, difference
+    with pytest.raises(ValueError, match="original_image_size"):  # an image that is not this size resized
+        predictor_torch.set_torch_image(torch.as_tensor(in_frame).permute(2, 0, 1)[None], (600, 800))
+    with pytest.raises(ValueError, match="1024"):
+        predictor_torch.set_torch_image(torch.zeros(1, 3, 300, 700), (300, 700))
 
 
 def test_reset_and_predict_before_image():
