@@ -249,3 +249,39 @@ def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
         assert binary.any() and (~binary).any()
         cropped = low[..., : extent[0], : extent[1]]  # what "segment everything" passes
         assert torch.equal(model.postprocess_masks(cropped, input_size, original, threshold=threshold), binary)
+
+
+def test_assigned_features_are_never_answered_from_an_old_image(predictor):
+    """SAM lets code assign ``features`` / ``original_size`` / ``input_size`` directly (precomputed embeddings):
+    the decoder's cached image side follows the features themselves, assigned or changed in place."""
+    model = predictor.model
+    cat = load_photo("evit_cat.jpg")
+    others = [SamPredictor(model) for _ in range(2)]
+    others[0].set_image(cat)
+    others[1].set_image(np.ascontiguousarray(cat[::-1, ::-1]))  # same size, other content
+    box = np.array([100, 100, 400, 300])
+    expected = [other.predict(box=box, return_logits=True)[2] for other in others]
+    client = SamPredictor(model)
+    for index in (0, 1, 0):  # as a tool switching between saved embeddings does
+        client.features = others[index].features.clone()
+        client.original_size, client.input_size = list(others[index].original_size), others[index].input_size
+        client.is_image_set = True
+        np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[index], atol=1e-4)
+    client.features.copy_(others[1].features)  # in place, outside inference mode
+    np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[1], atol=1e-4)
+    client.features = others[0].features[0].clone()  # one embedding without its batch axis, as micro-sam keeps it
+    np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[0], atol=1e-4)
+
+
+def test_sizes_in_another_frame_fail_loudly(predictor):
+    """An ``input_size`` that is not the 1024 frame of ``original_size`` (e.g. the encoder's 512 frame) would
+    crop the wrong part of every mask: it is refused with the reason."""
+    client = SamPredictor(predictor.model)
+    client.set_image(load_photo("evit_cat.jpg"))
+    client.input_size = get_preprocess_shape(*client.original_size, 512)
+    with pytest.raises(ValueError, match="input_size"):
+        client.predict(box=np.array([100, 100, 400, 300]))
+    client.input_size = (768, 1024)
+    client.features = torch.zeros(1, 256, 32, 32)
+    with pytest.raises(ValueError, match="predictor.features"):
+        client.predict(box=np.array([100, 100, 400, 300]))
