@@ -13,7 +13,6 @@ equal, and with ``set_image``, where they differ only by that resampling.
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -26,7 +25,6 @@ from conftest import load_photo
 import evitsam
 from evitsam import SamPredictor
 from evitsam.everything import MaskGenerator
-
 
 # SAM's predictor notebook (predictor_example.ipynb) prompts on truck.jpg, and its batched-inference boxes.
 POINT = np.array([[500, 375]])
@@ -106,8 +104,12 @@ def test_sams_predictor_on_our_model(model, truck):
             best = scores.argmax()
             assert iou(masks[best], direct_masks[best]) >= RESAMPLED_IOU
     boxes = torch.tensor(TRUCK_BOXES, dtype=torch.float)
-    masks, _, _ = theirs.predict_torch(None, None, theirs.transform.apply_boxes_torch(boxes, truck.shape[:2]), None, False)
-    our_masks, _, _ = ours.predict_torch(None, None, ours.transform.apply_boxes_torch(boxes, truck.shape[:2]), None, False)
+    masks, _, _ = theirs.predict_torch(
+        None, None, theirs.transform.apply_boxes_torch(boxes, truck.shape[:2]), None, False
+    )
+    our_masks, _, _ = ours.predict_torch(
+        None, None, ours.transform.apply_boxes_torch(boxes, truck.shape[:2]), None, False
+    )
     assert masks.shape == our_masks.shape == (4, 1, 1200, 1800)
     assert min(iou(a, b) for a, b in zip(masks.numpy(), our_masks.numpy())) >= 0.99
 
@@ -145,13 +147,17 @@ def test_sams_batched_inference_cell(model, truck):
         assert output["masks"].shape == (4, 1, *image.shape[:2]) and output["masks"].dtype == torch.bool
         assert output["iou_predictions"].shape == (4, 1) and output["low_res_logits"].shape == (4, 1, 128, 128)
         ours = framed(SamPredictor(model), image)
-        masks, scores, _ = ours.predict_torch(None, None, ours.transform.apply_boxes_torch(boxes, image.shape[:2]), None, False)
+        masks, scores, _ = ours.predict_torch(
+            None, None, ours.transform.apply_boxes_torch(boxes, image.shape[:2]), None, False
+        )
         assert min(iou(a, b) for a, b in zip(output["masks"].numpy(), masks.numpy())) >= 0.99
         torch.testing.assert_close(output["iou_predictions"], scores, atol=1e-3, rtol=0)
     points = {  # points and a mask prompt in one record, multimask
         "image": prepare_image(truck, resize_transform, sam),
         "original_size": truck.shape[:2],
-        "point_coords": resize_transform.apply_coords_torch(torch.tensor(POINT[None], dtype=torch.float), truck.shape[:2]),
+        "point_coords": resize_transform.apply_coords_torch(
+            torch.tensor(POINT[None], dtype=torch.float), truck.shape[:2]
+        ),
         "point_labels": torch.tensor([[1]]),
         "mask_inputs": batched_output[0]["low_res_logits"][1:2],
     }
@@ -200,7 +206,9 @@ def test_predictor_notebook_flow(model, truck):
     predictor.set_image(truck)
 
     def check(masks, scores, logits, expected):
-        assert masks.shape == (len(scores), 1200, 1800) and masks.dtype == bool and logits.shape == (len(scores), 128, 128)
+        assert (
+            masks.shape == (len(scores), 1200, 1800) and masks.dtype == bool and logits.shape == (len(scores), 128, 128)
+        )
         assert min(iou(a, b) for a, b in zip(masks, expected[0])) >= 0.999
         np.testing.assert_allclose(scores, expected[1], atol=1e-4)
 
@@ -324,7 +332,7 @@ def test_micro_sam_2d_embeddings(micro_sam, model, tmp_path):
         reference = SamPredictor(model)
         reference.set_image(util._to_image(image))  # micro-sam's own grey -> RGB uint8 conversion
         references.append(reference)
-    for round_ in range(2):  # loaded from disk, alternating images
+    for _ in range(2):  # loaded from disk, alternating images
         for (image, centres), path, reference in zip(images, paths, references):
             embeddings = util.precompute_image_embeddings(predictor, image, save_path=str(path), verbose=False)
             for centre in centres[:3]:

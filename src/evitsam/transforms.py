@@ -78,6 +78,19 @@ def resize_image_tensor(images: torch.Tensor, long_side: int) -> torch.Tensor:
     return resized.clamp(0, 255).reshape(*images.shape[:-2], *size)
 
 
+def to_encoder_size(images: torch.Tensor, encoder_size: int) -> torch.Tensor:
+    """Images with long side ``encoder_size`` as they are; images in SAM's 1024 frame resized to it."""
+    long_side = max(images.shape[-2:])
+    if long_side == encoder_size:
+        return images
+    if long_side != PROMPT_FRAME:
+        raise ValueError(
+            f"images must have long side {encoder_size} (the encoder's) or {PROMPT_FRAME} (SAM's frame, resized "
+            f"to the encoder's), got {tuple(images.shape)}"
+        )
+    return resize_image_tensor(images, encoder_size)
+
+
 class ResizeLongestSide:
     """SAM's ``ResizeLongestSide``: images, points and boxes into one frame of long side ``target_length``.
 

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..transforms import to_encoder_size
 from .backbone import BackboneConfig, EfficientViTLargeBackbone
+from .batched import batched_forward
 from .blocks import LayerNorm2d
 from .mask_decoder import DecoderState, MaskDecoder
 from .neck import EMBED_DIM, EMBED_SIZE, SamNeck
 from .prompt_encoder import PromptEncoder
-from ..transforms import resize_image_tensor
-from .batched import batched_forward
 from .transformer import ImageSide, TwoWayTransformer
 
 PROMPT_FRAME = 1024
@@ -139,15 +139,7 @@ class EfficientViTSam(nn.Module):
         Images in SAM's 1024 frame (long side ``image_encoder.img_size``, what SAM's code hands over) are
         first resized to S here, so SAM's ``SamPredictor``, ``Sam.forward`` and batched-embedding code work
         unchanged on a smaller encoder."""
-        size = self.encoder_size
-        if max(images.shape[-2:]) != size:
-            if max(images.shape[-2:]) != PROMPT_FRAME:
-                raise ValueError(
-                    f"images must have long side {size} (the encoder's) or {PROMPT_FRAME} (SAM's frame, resized "
-                    f"here), got {tuple(images.shape)}"
-                )
-            images = resize_image_tensor(images, size)
-        return normalize_and_pad(images, size)
+        return normalize_and_pad(to_encoder_size(images, self.encoder_size), self.encoder_size)
 
     def forward(self, batched_input: list[dict], multimask_output: bool) -> list[dict]:
         """SAM's ``Sam.forward``: images already in the 1024 frame with prompts, end to end (see ``batched``)."""
