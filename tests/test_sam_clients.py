@@ -277,6 +277,16 @@ MICRO_SAM = [
     "tifffile==2026.3.3",
 ]
 
+# Imported by micro-sam's 3-D segmentation module (its instance segmentation models and tracking).
+MICRO_SAM_3D = [
+    "torch-em==0.9.0",
+    "kornia==0.8.1",
+    "kornia-rs==0.1.9",
+    "pandas==2.3.3",
+    "tzdata==2026.6",
+    "pytz==2026.6",
+]
+
 
 @pytest.fixture(scope="module")
 def micro_sam():
@@ -400,3 +410,29 @@ def test_micro_sam_tiled_embeddings(micro_sam, model, ndim):
             expected[region], expected_box[region] = in_tile, in_tile_box
             assert mask.shape == (1, *plane.shape) and mask.sum() > 100
             assert iou(mask[0], expected) >= 0.99 and iou(box_mask[0], expected_box) >= 0.99
+
+
+def test_micro_sam_mask_propagation_in_volume(micro_sam, model):
+    """micro-sam's 3-D segmentation (segment_mask_in_volume, box projection) from one segmented plane: each
+    plane's mask is our predictor's answer to the box of the plane before it."""
+    for requirement in MICRO_SAM_3D:
+        install_client(requirement)
+    from micro_sam.multi_dimensional_segmentation import segment_mask_in_volume
+
+    util, segment = micro_sam.util, micro_sam.segment
+    predictor = SamPredictor(model)
+    base, centres = blobs((600, 900), seed=3, count=6)
+    volume = np.stack([np.roll(base, 6 * z, axis=1) for z in range(4)])  # the cells drift to the right
+    embeddings = util.precompute_image_embeddings(predictor, volume, ndim=3, batch_size=2, verbose=False)
+    segmentation = np.zeros(volume.shape, dtype="uint32")
+    segmentation[0] = segment.segment_from_points(predictor, centres[:1], np.array([1]), embeddings, i=0)[0]
+    segmentation, (z_min, z_max) = segment_mask_in_volume(
+        segmentation, predictor, embeddings, np.array([0]), False, False, iou_threshold=0.5, projection="box"
+    )
+    assert (z_min, z_max) == (0, 3)
+    for z in range(1, 4):
+        ys, xs = np.nonzero(segmentation[z - 1])
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])  # micro-sam's box of a mask
+        ours = framed(SamPredictor(model), util._to_image(volume[z]))
+        expected = ours.predict(box=box, multimask_output=False)[0][0]
+        assert segmentation[z].sum() > 100 and iou(segmentation[z], expected) >= 0.99
