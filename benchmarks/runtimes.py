@@ -27,6 +27,7 @@ from PIL import Image
 
 from evitsam import SamPredictor
 from evitsam.export.engines import PrecisionFallback
+from evitsam.transforms import resize_longest_side
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = (
@@ -87,12 +88,12 @@ def preprocessing(predictor: SamPredictor, official, image: np.ndarray, repeats:
     model = predictor.model
 
     def before():
-        resized = predictor.transform.apply_image(image)
+        resized = resize_longest_side(image, model.encoder_size)
         tensor = torch.tensor(resized).permute(2, 0, 1).contiguous()[None]
         return model.preprocess(tensor.to(torch.float32))
 
     def now():
-        resized = predictor.transform.apply_image(image)
+        resized = resize_longest_side(image, model.encoder_size)
         return model.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].to(torch.float32))
 
     fns = {"official": lambda: official.model.transform(image), "before": before, "now": now}

@@ -16,6 +16,7 @@ from conftest import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 from evitsam.export import export_onnx
+from evitsam.transforms import resize_longest_side
 
 ort = pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
 
@@ -74,7 +75,7 @@ def test_encoder_matches_pytorch_for_any_aspect(exported):
 
 
 def resized(predictor: SamPredictor, image: np.ndarray) -> np.ndarray:
-    return predictor.transform.apply_image(image).astype(np.float32)
+    return resize_longest_side(image, predictor.model.encoder_size).astype(np.float32)  # the encoder's input
 
 
 def prompt_cases(height: int, width: int) -> dict[str, dict]:

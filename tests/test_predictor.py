@@ -9,7 +9,7 @@ from conftest import load_photo, randomize_
 from PIL import Image
 
 from evitsam import SamPredictor, build_model
-from evitsam.transforms import get_preprocess_shape
+from evitsam.transforms import get_preprocess_shape, resize_longest_side
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,27 @@ def test_image_conversions(predictor):
 
 
 def test_set_torch_image_matches_set_image(predictor):
+    """An encoder-size image gives set_image's embedding exactly; SAM's 1024-frame image (from
+    ``predictor.transform.apply_image``) is resized on to the encoder and gives nearly the same."""
     image = load_photo("dog.jpg")
     other = SamPredictor(predictor.model)
     other.set_image(image)
-    resized = torch.as_tensor(other.transform.apply_image(image)).permute(2, 0, 1)[None].float()
+    direct = torch.as_tensor(resize_longest_side(image, 512)).permute(2, 0, 1)[None].float()
     predictor_torch = SamPredictor(predictor.model)
-    predictor_torch.set_torch_image(resized, image.shape[:2])
+    predictor_torch.set_torch_image(direct, image.shape[:2])
     torch.testing.assert_close(predictor_torch.features, other.features)
-    assert predictor_torch.input_size == other.input_size
+    assert predictor_torch.input_size == other.input_size == (684, 1024)
+
+    in_frame = predictor.transform.apply_image(image)
+    assert in_frame.shape[:2] == (684, 1024)  # SAM's ResizeLongestSide(1024) meaning
+    predictor_torch.set_torch_image(torch.as_tensor(in_frame).permute(2, 0, 1)[None], image.shape[:2])
+    assert predictor_torch.input_size == other.input_size and predictor_torch.original_size == other.original_size
+    difference = (predictor_torch.features - other.features).norm() / other.features.norm()
+    assert difference < 0.05, difference
+    with pytest.raises(ValueError, match="original_image_size"):  # an image that is not this size resized
+        predictor_torch.set_torch_image(torch.as_tensor(in_frame).permute(2, 0, 1)[None], (600, 800))
+    with pytest.raises(ValueError, match="1024"):
+        predictor_torch.set_torch_image(torch.zeros(1, 3, 300, 700), (300, 700))
 
 
 def test_reset_and_predict_before_image():
@@ -236,3 +249,39 @@ def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
         assert binary.any() and (~binary).any()
         cropped = low[..., : extent[0], : extent[1]]  # what "segment everything" passes
         assert torch.equal(model.postprocess_masks(cropped, input_size, original, threshold=threshold), binary)
+
+
+def test_assigned_features_are_never_answered_from_an_old_image(predictor):
+    """SAM lets code assign ``features`` / ``original_size`` / ``input_size`` directly (precomputed embeddings):
+    the decoder's cached image side follows the features themselves, assigned or changed in place."""
+    model = predictor.model
+    cat = load_photo("evit_cat.jpg")
+    others = [SamPredictor(model) for _ in range(2)]
+    others[0].set_image(cat)
+    others[1].set_image(np.ascontiguousarray(cat[::-1, ::-1]))  # same size, other content
+    box = np.array([100, 100, 400, 300])
+    expected = [other.predict(box=box, return_logits=True)[2] for other in others]
+    client = SamPredictor(model)
+    for index in (0, 1, 0):  # as a tool switching between saved embeddings does
+        client.features = others[index].features.clone()
+        client.original_size, client.input_size = list(others[index].original_size), others[index].input_size
+        client.is_image_set = True
+        np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[index], atol=1e-4)
+    client.features.copy_(others[1].features)  # in place, outside inference mode
+    np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[1], atol=1e-4)
+    client.features = others[0].features[0].clone()  # one embedding without its batch axis, as micro-sam keeps it
+    np.testing.assert_allclose(client.predict(box=box, return_logits=True)[2], expected[0], atol=1e-4)
+
+
+def test_sizes_in_another_frame_fail_loudly(predictor):
+    """An ``input_size`` that is not the 1024 frame of ``original_size`` (e.g. the encoder's 512 frame) would
+    crop the wrong part of every mask: it is refused with the reason."""
+    client = SamPredictor(predictor.model)
+    client.set_image(load_photo("evit_cat.jpg"))
+    client.input_size = get_preprocess_shape(*client.original_size, 512)
+    with pytest.raises(ValueError, match="input_size"):
+        client.predict(box=np.array([100, 100, 400, 300]))
+    client.input_size = (768, 1024)
+    client.features = torch.zeros(1, 256, 32, 32)
+    with pytest.raises(ValueError, match="predictor.features"):
+        client.predict(box=np.array([100, 100, 400, 300]))

@@ -17,7 +17,14 @@ from PIL import Image
 from .models import EfficientViTSam
 from .models.sam import LOW_RES_MASK_SIZE
 from .models.transformer import ImageSide
-from .transforms import PROMPT_FRAME, SamTransform, as_rgb_uint8, get_preprocess_shape
+from .transforms import (
+    PROMPT_FRAME,
+    ResizeLongestSide,
+    as_rgb_uint8,
+    get_preprocess_shape,
+    resize_image_tensor,
+    resize_longest_side,
+)
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
 
@@ -108,8 +115,11 @@ class SamPredictor:
         from .export.engines import make_engine  # ONNX-based engines load their runtimes only when chosen
 
         self.model = sam_model
-        self.transform = SamTransform(sam_model.encoder_size)
+        # SAM's transform, in SAM's meaning: images and prompts into the 1024 frame (see ``set_torch_image``).
+        self.transform = ResizeLongestSide(PROMPT_FRAME)
         self.engine = make_engine(sam_model, runtime, precision, calibration)
+        # Names that tools built on SAM record with embeddings they save (micro-sam's signature, for one).
+        self.model_type = self.model_name = sam_model.variant
         self.reset_image()
 
     @property
@@ -132,37 +142,59 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
-        self._decoder_side: tuple[int, ImageSide] | None = None
+        self._decoder_side: tuple[torch.Tensor, tuple, ImageSide] | None = None
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
         """Embed an HxWx3 uint8 image (PIL, grayscale and RGBA accepted; see ``as_rgb_uint8``)."""
         image = as_rgb_uint8(image, image_format)
-        resized = self.transform.apply_image(image)
+        # Straight from the original to the encoder's size: one resize, as the official pre-processing.
+        resized = resize_longest_side(image, self.model.encoder_size)
         if not resized.flags.writeable:  # only when no resize was needed; torch wants writable memory
             resized = resized.copy()
         # A channels-last view, no copy: the encoder wants that layout anyway (copying to NCHW uint8 cost 20 ms).
-        self.set_torch_image(torch.from_numpy(resized).permute(2, 0, 1)[None], image.shape[:2])
+        self._embed(torch.from_numpy(resized).permute(2, 0, 1)[None], image.shape[:2])
 
     @torch.inference_mode()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
-        """Embed a (1, 3, h, w) 0-255 image already resized by ``predictor.transform.apply_image``."""
-        size = self.model.encoder_size
+        """Embed a (1, 3, h, w) 0-255 image resized by ``predictor.transform.apply_image`` (SAM's 1024 frame).
+
+        An image resized to the encoder's own size (long side ``model.encoder_size``) is taken as well; a
+        1024-frame image goes on to that size here (antialiased bilinear), so SAM's code gets the same masks
+        as ``set_image`` to within resampling.
+        """
+        size, frame = self.model.encoder_size, PROMPT_FRAME
         if (
             not isinstance(transformed_image, torch.Tensor)
             or transformed_image.ndim != 4
-            or (transformed_image.shape[:2] != (1, 3) or max(transformed_image.shape[2:]) != size)
+            or (transformed_image.shape[:2] != (1, 3) or max(transformed_image.shape[2:]) not in (frame, size))
         ):
             shape = tuple(transformed_image.shape) if isinstance(transformed_image, torch.Tensor) else None
-            raise ValueError(f"transformed_image must be a (1, 3, h, w) tensor with max(h, w) = {size}, got {shape}")
+            raise ValueError(
+                f"transformed_image must be a (1, 3, h, w) tensor with max(h, w) = {frame} (from "
+                f"predictor.transform.apply_image) or {size} (the encoder's size), got {shape}"
+            )
         if len(original_image_size) != 2 or min(original_image_size) <= 0:
             raise ValueError(f"original_image_size must be (height, width), got {original_image_size}")
+        long_side = max(transformed_image.shape[2:])
+        expected = get_preprocess_shape(int(original_image_size[0]), int(original_image_size[1]), long_side)
+        if tuple(transformed_image.shape[2:]) != expected:
+            raise ValueError(
+                f"transformed_image is {tuple(transformed_image.shape[2:])}, but an image of original_image_size "
+                f"{tuple(original_image_size)} resized to long side {long_side} is {expected}"
+            )
+        if long_side != size:
+            transformed_image = resize_image_tensor(transformed_image.to(self.device), size)
+        self._embed(transformed_image, original_image_size)
+
+    def _embed(self, image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
+        """Embed a (1, 3, h, w) 0-255 image with long side ``model.encoder_size``."""
         self.reset_image()
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = get_preprocess_shape(*self.original_size, PROMPT_FRAME)
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
-        self.features = self.engine.embed(transformed_image)
+        self.features = self.engine.embed(image)
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -173,20 +205,51 @@ class SamPredictor:
     def decoder_image_side(self) -> ImageSide:
         """The decoder's prompt-independent work on the current image (``model.prepare_decoder``).
 
-        Computed on the first prompt and reused by every later one until the image (or the decoder's
-        weights) change: it is a third of the decoder's work for one prompt.
+        Computed on the first prompt and reused by every later one while the embedding and the decoder's
+        weights stay the same: it is a third of the decoder's work for one prompt. The embedding is
+        recognised by identity and in-place version, so one assigned directly (``predictor.features =
+        ...``, as SAM allows and tools with precomputed embeddings do) is never answered from an old one.
         """
         self._require_image()
-        version = sum(p._version for p in self.model.mask_decoder.parameters()) + sum(
-            p._version for p in self.model.prompt_encoder.parameters()
+        features = self.features
+        key = (
+            # Inference tensors (from set_image) keep no version counter; they cannot change outside inference mode.
+            None if features.is_inference() else features._version,
+            sum(p._version for p in self.model.mask_decoder.parameters()),
+            sum(p._version for p in self.model.prompt_encoder.parameters()),
         )
-        if self._decoder_side is None or self._decoder_side[0] != version:
-            self._decoder_side = (version, self.model.prepare_decoder(self.features, self.engine.decoder_products))
-        return self._decoder_side[1]
+        cached = self._decoder_side
+        if cached is None or cached[0] is not features or cached[1] != key:
+            side = self.model.prepare_decoder(features, self.engine.decoder_products)
+            self._decoder_side = cached = (features, key, side)
+        return cached[2]
 
     def _require_image(self) -> None:
+        """Check the image state, including state that SAM-based code may have assigned directly."""
         if not self.is_image_set:
             raise ImageNotSetError("no image is set: call set_image(image) before predicting")
+        features = self.features
+        if isinstance(features, torch.Tensor) and features.ndim == 3:  # one embedding without its batch axis
+            self.features = features = features[None]
+        grid = self.model.config.embed_size
+        if not isinstance(features, torch.Tensor) or tuple(features.shape) != (1, 256, grid, grid):
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"predictor.features must be one image embedding (1, 256, {grid}, {grid}), got {shape}")
+        try:
+            original = (int(self.original_size[0]), int(self.original_size[1]))
+            input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        except (TypeError, IndexError, ValueError):
+            raise ValueError(
+                f"predictor.original_size and input_size must be (height, width), got {self.original_size} "
+                f"and {self.input_size}"
+            ) from None
+        if input_size != get_preprocess_shape(*original, PROMPT_FRAME):
+            raise ValueError(
+                f"predictor.input_size {input_size} is not the {PROMPT_FRAME}-frame size of original_size {original} "
+                f"({get_preprocess_shape(*original, PROMPT_FRAME)}): input_size is the shape of "
+                "predictor.transform.apply_image(image)[:2], SAM's 1024 frame, not the encoder's input"
+            )
+        self.original_size, self.input_size = original, input_size
 
     def predict(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .io import check_image_size, to_rgb_uint8
@@ -61,24 +62,66 @@ def as_rgb_uint8(image: np.ndarray | Image.Image, image_format: str = "RGB") -> 
     return np.ascontiguousarray(array)
 
 
-class SamTransform:
-    """SAM's ``ResizeLongestSide`` interface for the two-frame EfficientViT-SAM models.
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """HxWx3 uint8 -> uint8 image with long side ``long_side`` (PIL bilinear, antialiased, as SAM's
+    ``ResizeLongestSide.apply_image``); the input itself when it already has that size."""
+    height, width = image.shape[:2]
+    if max(height, width) == long_side:
+        return image
+    new_h, new_w = get_preprocess_shape(height, width, long_side)
+    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
-    ``apply_image`` resizes for the encoder (long side ``encoder_size``); coordinates and boxes
-    are mapped into the prompt frame (long side 1024), which is what the decoder expects.
+
+def resize_image_tensor(images: torch.Tensor, long_side: int) -> torch.Tensor:
+    """(..., 3, h, w) 0-255 images -> float32 with long side ``long_side`` (bilinear, antialiased like PIL).
+
+    How an image handed over in SAM's 1024 frame reaches a smaller encoder: within rounding of
+    resizing the original directly (what ``SamPredictor.set_image`` does)."""
+    height, width = images.shape[-2:]
+    images = images.to(torch.float32)
+    if max(height, width) == long_side:
+        return images
+    size = get_preprocess_shape(height, width, long_side)
+    batched = images.reshape(-1, *images.shape[-3:])
+    resized = F.interpolate(batched, size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.clamp(0, 255).reshape(*images.shape[:-2], *size)
+
+
+def to_encoder_size(images: torch.Tensor, encoder_size: int) -> torch.Tensor:
+    """Images with long side ``encoder_size`` as they are; images in SAM's 1024 frame resized to it."""
+    long_side = max(images.shape[-2:])
+    if long_side == encoder_size:
+        return images
+    if long_side != PROMPT_FRAME:
+        raise ValueError(
+            f"images must have long side {encoder_size} (the encoder's) or {PROMPT_FRAME} (SAM's frame, resized "
+            f"to the encoder's), got {tuple(images.shape)}"
+        )
+    return resize_image_tensor(images, encoder_size)
+
+
+class ResizeLongestSide:
+    """SAM's ``ResizeLongestSide``: images, points and boxes into one frame of long side ``target_length``.
+
+    ``SamPredictor.transform`` is ``ResizeLongestSide(1024)``, the frame SAM's code works in: prompts
+    mapped by it are what ``predict_torch`` takes, and an image from ``apply_image`` is what
+    ``set_torch_image`` takes (the predictor resizes it on to the encoder's size where that is smaller).
     """
 
-    def __init__(self, encoder_size: int, prompt_frame: int = PROMPT_FRAME) -> None:
-        self.encoder_size = encoder_size
-        self.target_length = prompt_frame
+    def __init__(self, target_length: int = PROMPT_FRAME) -> None:
+        self.target_length = target_length
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        return get_preprocess_shape(oldh, oldw, long_side_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> uint8 image with long side ``encoder_size`` (PIL bilinear, antialiased)."""
-        height, width = image.shape[:2]
-        if max(height, width) == self.encoder_size:
-            return image
-        new_h, new_w = get_preprocess_shape(height, width, self.encoder_size)
-        return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        """HxWx3 uint8 -> uint8 image with long side ``target_length`` (PIL bilinear, antialiased)."""
+        return resize_longest_side(image, self.target_length)
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) images -> float, long side ``target_length`` (antialiased bilinear)."""
+        return resize_image_tensor(image, self.target_length)
 
     def _scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
         old_h, old_w = original_size
@@ -86,7 +129,7 @@ class SamTransform:
         return new_w / old_w, new_h / old_h
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 2) pixel (x, y) in the original image -> prompt frame, as float64."""
+        """(..., 2) pixel (x, y) in the original image -> this frame, as float64."""
         sx, sy = self._scale(original_size)
         coords = np.array(coords, dtype=np.float64, copy=True)
         coords[..., 0] *= sx
@@ -94,7 +137,7 @@ class SamTransform:
         return coords
 
     def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 4) XYXY boxes -> prompt frame."""
+        """(..., 4) XYXY boxes -> this frame."""
         boxes = np.asarray(boxes)
         return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(*boxes.shape[:-1], 4)
 
@@ -107,3 +150,20 @@ class SamTransform:
 
     def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(*boxes.shape[:-1], 4)
+
+
+class SamTransform(ResizeLongestSide):
+    """The two frames of EfficientViT-SAM in one object, for code that prepares the encoder's input itself.
+
+    ``apply_image`` resizes the original straight to the encoder's size (long side ``encoder_size``: one
+    resize, the official pre-processing), while coordinates and boxes go to the 1024 prompt frame, which
+    is what the prompt encoder expects.
+    """
+
+    def __init__(self, encoder_size: int, prompt_frame: int = PROMPT_FRAME) -> None:
+        super().__init__(prompt_frame)
+        self.encoder_size = encoder_size
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> uint8 image with long side ``encoder_size`` (PIL bilinear, antialiased)."""
+        return resize_longest_side(image, self.encoder_size)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..transforms import to_encoder_size
 from .backbone import BackboneConfig, EfficientViTLargeBackbone
+from .batched import batched_forward
 from .blocks import LayerNorm2d
 from .mask_decoder import DecoderState, MaskDecoder
 from .neck import EMBED_DIM, EMBED_SIZE, SamNeck
@@ -58,8 +60,13 @@ class SamConfig:
 
 
 class EfficientViTSamImageEncoder(nn.Module):
+    # SAM's ``image_encoder.img_size``: the frame SAM's code resizes images and prompts into. It is the 1024
+    # prompt frame for every variant; ``EfficientViTSam.preprocess`` takes such images on to ``encoder_size``.
+    img_size: int = PROMPT_FRAME
+
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
+        self.encoder_size = config.encoder_size
         self.backbone = EfficientViTLargeBackbone(config.backbone)
         in_keys = tuple(f"stage{s}" for s in config.neck_in_stages)
         in_channels = tuple(config.backbone.widths[s] for s in config.neck_in_stages)
@@ -72,6 +79,11 @@ class EfficientViTSamImageEncoder(nn.Module):
         Activations flow channels-last: oneDNN/cuDNN convolutions skip their layout reorders,
         about 10 % faster on CPU with identical numerics. The weights keep the default layout.
         """
+        if images.ndim != 4 or tuple(images.shape[-2:]) != (self.encoder_size, self.encoder_size):
+            size = self.encoder_size
+            raise ValueError(
+                f"images must be (B, 3, {size}, {size}) as model.preprocess returns them, got {tuple(images.shape)}"
+            )
         embedding = self.neck(self.backbone(images.contiguous(memory_format=torch.channels_last)))
         with torch.autocast(embedding.device.type, enabled=False):
             return self.norm(embedding.float()).contiguous()
@@ -122,8 +134,16 @@ class EfficientViTSam(nn.Module):
         return self.pixel_mean.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise (B, 3, h, w) 0-255 images already resized to long side S, zero-pad bottom/right to S."""
-        return normalize_and_pad(images, self.encoder_size)
+        """Normalise (B, 3, h, w) or (3, h, w) 0-255 images resized to long side S, zero-pad bottom/right to S.
+
+        Images in SAM's 1024 frame (long side ``image_encoder.img_size``, what SAM's code hands over) are
+        first resized to S here, so SAM's ``SamPredictor``, ``Sam.forward`` and batched-embedding code work
+        unchanged on a smaller encoder."""
+        return normalize_and_pad(to_encoder_size(images, self.encoder_size), self.encoder_size)
+
+    def forward(self, batched_input: list[dict], multimask_output: bool) -> list[dict]:
+        """SAM's ``Sam.forward``: images already in the 1024 frame with prompts, end to end (see ``batched``)."""
+        return batched_forward(self, batched_input, multimask_output)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pre-processed (B, 3, S, S) images -> image embeddings (B, 256, G, G)."""
