@@ -52,6 +52,7 @@ X_ANYLABELING_DEPS = (
     "json_repair==0.64.6",
     "tokenizers==0.22.1",
 )
+SAMEXPORTER_DEPS = ("ftfy==6.3.1", "wcwidth==0.2.14", "regex==2025.11.3")  # its SAM3 tokenizer, imported by inference
 GUI_MODULES = ("PyQt6", "qimage2ndarray", "anylabeling.views.labeling.widgets", "anylabeling.views.labeling.chatbot")
 # The notebook's prompts on its truck photo.
 CLICK, SECOND_CLICK, BOX = [500, 375], [1125, 625], [425, 600, 700, 875]
@@ -145,6 +146,8 @@ class _StubModule(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
+        if name.startswith("Qt") and "." not in self.__name__:  # from PyQt6 import QtCore: the submodule
+            return importlib.import_module(f"{self.__name__}.{name}")
         value = _StubMeta(name, (_Anything,), {})
         setattr(self, name, value)
         return value
@@ -209,6 +212,9 @@ def labeling_tool(request, bundled, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, client_package(requirement, deps, "anylabeling"):
         patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # the apps keep settings there
         module = importlib.import_module("anylabeling.services.auto_labeling.segment_anything")
+        settings = importlib.import_module("anylabeling.config")
+        if hasattr(settings, "get_work_directory"):  # X-AnyLabeling's app points it at the user's settings
+            patch.setattr(settings, "current_config_file", str(Path(settings.get_work_directory()) / ".xanylabelingrc"))
         config = yaml.safe_load(Path(paths["config"]).read_text())
         config["config_file"] = str(Path(paths["config"]).resolve())
         yield request.param, module, module.SegmentAnything(config, on_message=print)
@@ -275,7 +281,7 @@ def test_labeling_tool_predict_shapes_outlines_the_mask(labeling_tool, bundled, 
 
 @pytest.fixture(scope="module")
 def samexporter():
-    with client_package("samexporter==0.5.0", (), "samexporter"):
+    with client_package("samexporter==0.5.0", SAMEXPORTER_DEPS, "samexporter"):
         yield importlib.import_module("samexporter.sam_onnx"), importlib.import_module("samexporter.inference")
 
 

@@ -165,7 +165,7 @@ class _UpscalingDecoder(nn.Module):
     """A prompt decoder whose masks come out at the original image size, one or several per prompt.
 
     Its low-res masks, in and out, are SAM's 256x256 whatever the model's own size L (``low_res_size``):
-    outputs are up-sampled bilinearly (``F.interpolate``), and a ``mask_input`` is brought back to L by the
+    outputs are up-sampled (``mask_resamplers``), and a ``mask_input`` is brought back to L by the
     least-squares inverse of that up-sampling, so feeding ``low_res_masks`` back gives the model exactly
     its own low-res logits (what ``SamPredictor.predict(mask_input=...)`` refines with).
     """
@@ -191,11 +191,22 @@ class _UpscalingDecoder(nn.Module):
 
 
 def mask_resamplers(low: int, sam: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sam, low) bilinear up-sampling matrix U (one axis of ``F.interpolate``) and its (low, sam) left
-    inverse pinv(U): pinv(U) @ U = I, so low-res logits survive the round trip through SAM's size."""
-    basis = torch.eye(low, dtype=torch.float64)[:, None, :]  # one low-res axis' unit vectors
-    up = F.interpolate(basis, size=sam, mode="linear", align_corners=False)[:, 0, :].T
+    """(sam, low) up-sampling matrix U along one axis and its (low, sam) left inverse pinv(U) (pinv(U) @ U = I:
+    low-res logits survive the round trip through SAM's size exactly).
+
+    Tools resize ``low_res_masks`` to the 1024 frame themselves (bilinear, like SAM's post-processing), so U
+    is the least-squares fit of that frame: bilinear(sam -> 1024) @ U ~ bilinear(low -> 1024). That halves
+    the largest weight error of up-sampling bilinearly to ``sam`` first (a smoother, blurrier composite).
+    """
+    frame_low, frame_sam = _linear_upsampling(low, PROMPT_FRAME), _linear_upsampling(sam, PROMPT_FRAME)
+    up = torch.linalg.lstsq(frame_sam, frame_low).solution
     return up.to(torch.float32), torch.linalg.pinv(up).to(torch.float32)
+
+
+def _linear_upsampling(size: int, out: int) -> torch.Tensor:
+    """(out, size) float64 matrix of ``F.interpolate(mode="linear", align_corners=False)`` along one axis."""
+    basis = torch.eye(size, dtype=torch.float64)[:, None, :]
+    return F.interpolate(basis, size=out, mode="linear", align_corners=False)[:, 0, :].T
 
 
 class SamDecoderGraph(_UpscalingDecoder):
