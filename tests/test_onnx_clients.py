@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 from clients import install_client
-from conftest import load_photo
+from conftest import load_photo, randomize_
 
 import evitsam
 from evitsam import SamPredictor
@@ -65,6 +65,13 @@ def bundled(tmp_path_factory: pytest.TempPathFactory):
     model = evitsam.load_model()
     paths = export_onnx(model, tmp_path_factory.mktemp("onnx") / "nano")
     return model, paths, SamPredictor(model)
+
+
+@pytest.fixture(scope="module")
+def l0(tmp_path_factory: pytest.TempPathFactory):
+    """An L0 (512 px encoder, SAM's 256x256 low-res masks) with random weights, exported; its predictor."""
+    model = randomize_(evitsam.build_model("l0"), seed=5)
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "l0"), SamPredictor(model)
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +222,7 @@ def labeling_tool(request, bundled, tmp_path_factory):
         settings = importlib.import_module("anylabeling.config")
         if hasattr(settings, "get_work_directory"):  # X-AnyLabeling's app points it at the user's settings
             patch.setattr(settings, "current_config_file", str(Path(settings.get_work_directory()) / ".xanylabelingrc"))
-        config = yaml.safe_load(Path(paths["config"]).read_text())
-        config["config_file"] = str(Path(paths["config"]).resolve())
-        yield request.param, module, module.SegmentAnything(config, on_message=print)
+        yield request.param, module, load_labeling_tool(module, Path(paths["config"]))
 
 
 def spy_encoder_input(model) -> list:
@@ -232,16 +237,24 @@ def spy_encoder_input(model) -> list:
     return seen
 
 
-@pytest.mark.parametrize("case", ["click", "two_clicks", "box"])
-def test_labeling_tool_masks_equal_the_predictor_on_its_canvas(labeling_tool, bundled, photo, case):
-    name, module, tool = labeling_tool
-    _, paths, predictor = bundled
-    assert Path(tool.model.decoder_session._model_path).name == Path(paths["single_mask_decoder"]).name
-    marks = {
-        "click": [{"type": "point", "data": CLICK, "label": 1}],
-        "two_clicks": [{"type": "point", "data": p, "label": 1} for p in (CLICK, SECOND_CLICK)],
-        "box": [{"type": "rectangle", "data": BOX}],
-    }[case]
+LABELING_MARKS = {
+    "click": [{"type": "point", "data": CLICK, "label": 1}],
+    "two_clicks": [{"type": "point", "data": p, "label": 1} for p in (CLICK, SECOND_CLICK)],
+    "box": [{"type": "rectangle", "data": BOX}],
+}
+
+
+def load_labeling_tool(module, config_path: Path):
+    """``SegmentAnything`` from a config file, the way the apps' "load custom model" builds its config."""
+    config = yaml.safe_load(config_path.read_text())
+    config["config_file"] = str(config_path.resolve())
+    return module.SegmentAnything(config, on_message=print)
+
+
+def check_tool_on_its_canvas(tool, predictor: SamPredictor, photo: np.ndarray, case: str) -> float:
+    """IoU of the tool's mask with the predictor's mask on the canvas the tool fed the encoder, mapped back
+    to the photo by the tool's own inverse warp."""
+    marks = LABELING_MARKS[case]
     canvases = spy_encoder_input(tool.model)
     embedding = tool.model.encode(photo)  # the tool's own letterbox into its 684x1024 canvas
     masks = tool.model.predict_masks(embedding, marks)
@@ -252,12 +265,30 @@ def test_labeling_tool_masks_equal_the_predictor_on_its_canvas(labeling_tool, bu
     assert canvas.shape == (684, 1024, 3) and canvas.dtype == np.float32
     predictor.set_image(canvas.astype(np.uint8))
     scale = embedding["transform_matrix"][0, 0]
-    points = [m["data"] for m in marks if m["type"] == "point"] or np.reshape(BOX, (2, 2))
-    labels = [1] * len(marks) if case != "box" else [2, 3]  # the tool's box: two corner points + padding
+    if case == "box":  # the tool sends a box as two corner points (labels 2, 3), then its padding point
+        points, labels = np.reshape(BOX, (2, 2)), [2, 3]
+    else:
+        points, labels = [m["data"] for m in marks], [m["label"] for m in marks]
     logits, _ = sam_single_mask(predictor, np.array(points, float) * scale, labels)
     inverse = np.linalg.inv(embedding["transform_matrix"])
     expected = tool.model.transform_masks(logits[None, None].astype(np.float32), photo.shape[:2], inverse)[0, 0]
-    assert iou(mask > 0, expected > 0) >= MIN_IOU, (name, case)
+    return iou(mask > 0, expected > 0)
+
+
+@pytest.mark.parametrize("case", list(LABELING_MARKS))
+def test_labeling_tool_masks_equal_the_predictor_on_its_canvas(labeling_tool, bundled, photo, case):
+    name, _, tool = labeling_tool
+    _, paths, predictor = bundled
+    assert Path(tool.model.decoder_session._model_path).name == Path(paths["single_mask_decoder"]).name
+    assert check_tool_on_its_canvas(tool, predictor, photo, case) >= MIN_IOU, (name, case)
+
+
+def test_labeling_tool_on_an_l_model(labeling_tool, l0, photo):
+    """The same with a 512 px L model (random weights): its encoder resizes the canvas to 342x512."""
+    name, module, _ = labeling_tool
+    paths, predictor = l0
+    tool = load_labeling_tool(module, Path(paths["config"]))
+    assert check_tool_on_its_canvas(tool, predictor, photo, "click") >= MIN_IOU, name
 
 
 def test_labeling_tool_predict_shapes_outlines_the_mask(labeling_tool, bundled, photo, monkeypatch):
@@ -285,22 +316,43 @@ def samexporter():
         yield importlib.import_module("samexporter.sam_onnx"), importlib.import_module("samexporter.inference")
 
 
-@pytest.mark.parametrize("case", ["click", "click_and_box"])
-def test_samexporter_masks_equal_the_predictor(samexporter, bundled, photo, case):
-    sam_onnx, _ = samexporter
-    _, paths, predictor = bundled
+def samexporter_iou(sam_onnx, paths: dict, predictor: SamPredictor, photo: np.ndarray, case: str) -> float:
+    """IoU of samexporter's mask with the predictor's for the same prompt and the same pixels: samexporter
+    resizes the photo to 1024 (PIL, as SAM does) before our encoder resizes it again, so the predictor
+    embeds that image (``set_torch_image``) for the photo's original size. samexporter up-scales
+    ``low_res_masks`` with OpenCV itself."""
+    import torch
+
     model = sam_onnx.SegmentAnythingONNX(str(paths["encoder"]), str(paths["single_mask_decoder"]))
     prompt = [{"type": "point", "data": CLICK if case == "click" else TIRE_CLICK, "label": 1}]
     if case == "click_and_box":
         prompt.append({"type": "rectangle", "data": BOX})
+    inputs = spy_encoder_input(model)
     embedding = model.encode(np.ascontiguousarray(photo[:, :, ::-1]))  # it reads BGR (cv2.imread)
     masks = model.predict_masks(embedding, prompt)
-    assert masks.shape == (1, 1, *photo.shape[:2])
-    predictor.set_image(photo)
+    assert masks.shape == (1, 1, *photo.shape[:2]) and inputs[0].shape == (683, 1024, 3)
+    resized = predictor.transform.apply_image(inputs[0].astype(np.uint8))
+    predictor.set_torch_image(torch.from_numpy(resized).permute(2, 0, 1)[None].float(), photo.shape[:2])
     points = [prompt[0]["data"]] + ([BOX[:2], BOX[2:]] if case == "click_and_box" else [])
     labels = [1] + ([2, 3] if case == "click_and_box" else [])  # samexporter sends the box as corner points
     expected, _ = sam_single_mask(predictor, points, labels)
-    assert iou(masks[0, 0] > 0, expected > 0) >= MIN_IOU, case
+    return iou(masks[0, 0] > 0, expected > 0)
+
+
+def test_samexporter_masks_equal_the_predictor_on_an_l_model(samexporter, l0, photo):
+    paths, predictor = l0
+    assert samexporter_iou(samexporter[0], paths, predictor, photo, "click") >= MIN_IOU
+
+
+@pytest.mark.parametrize("case", ["click", "click_and_box"])
+def test_samexporter_masks_with_the_bundled_model(samexporter, bundled, photo, case):
+    """The bundled model's own low-res grid is 128x128; samexporter up-scales the 256x256 ``low_res_masks``
+    itself, and no 256 grid resizes to the 1024 frame exactly as a 128 grid does (their bilinear kinks fall
+    between different pixels), so its masks differ from the predictor's by about 1.5 % at this model's soft
+    outlines (models with SAM's 256 grid are exact: the test above). ``masks`` itself is exact (the notebook
+    test)."""
+    _, paths, predictor = bundled
+    assert samexporter_iou(samexporter[0], paths, predictor, photo, case) >= 0.98, case
 
 
 def test_samexporter_command_line_runs_on_the_export(samexporter, bundled, shared_data, tmp_path):

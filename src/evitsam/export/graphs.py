@@ -102,15 +102,24 @@ class _RequireResizable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
         if int(target.min()) < 1:
-            raise ValueError(
-                f"input_image {tuple(image.shape[1:])} is too elongated: resized to {target.tolist()} it has an empty side"
-            )
+            shape, resized = tuple(image.shape[1:]), target.tolist()
+            raise ValueError(f"input_image {shape} is too elongated: resized to {resized} it has an empty side")
         return image
 
     @staticmethod
     def symbolic(g, image, target):
-        failed = g.op("Cast", g.op("Less", g.op("ReduceMin", target, keepdims_i=1), g.op("Constant", value_t=torch.tensor(1))), to_i=7)
-        extra = g.op("Concat", g.op("Constant", value_t=torch.tensor([0])), failed, g.op("Constant", value_t=torch.tensor([0])), axis_i=0)
+        failed = g.op(
+            "Cast",
+            g.op("Less", g.op("ReduceMin", target, keepdims_i=1), g.op("Constant", value_t=torch.tensor(1))),
+            to_i=7,
+        )
+        extra = g.op(
+            "Concat",
+            g.op("Constant", value_t=torch.tensor([0])),
+            failed,
+            g.op("Constant", value_t=torch.tensor([0])),
+            axis_i=0,
+        )
         return g.op("Reshape", image, g.op("Add", g.op("Shape", image), extra))
 
 

@@ -106,7 +106,9 @@ def gemm_with_shared_inputs_as_matmul(graph: onnx.GraphProto) -> None:
         product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], b], [product], name=f"{node.name}_matmul"))
         if len(node.input) > 2:
-            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}_add"))
+            nodes.append(
+                onnx.helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}_add")
+            )
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -200,10 +202,6 @@ def export_prompt_decoder(model: EfficientViTSam, path: str | os.PathLike) -> Pa
     return _export(PromptDecoderGraph(model), args, path, inputs, outputs, dynamic)
 
 
-# The canvas AnyLabeling / X-AnyLabeling letterbox every photo into before the encoder (their SAM configs' values).
-TOOL_CANVAS = (684, 1024)
-
-
 def anylabeling_config(model: EfficientViTSam, name: str, single_mask: bool) -> dict:
     """A ``segment_anything`` model config (AnyLabeling / X-AnyLabeling keys) plus the graphs' contract.
 
@@ -219,8 +217,10 @@ def anylabeling_config(model: EfficientViTSam, name: str, single_mask: bool) -> 
         "encoder_model_path": ENCODER_FILE,
         "decoder_model_path": decoders["single_mask"],
         "input_size": PROMPT_FRAME,
-        "max_width": TOOL_CANVAS[1],
-        "max_height": TOOL_CANVAS[0],
+        # The largest image the encoder sees unresized (tools that letterbox into (max_height, max_width) can
+        # use it; the encoder resizes any other canvas itself).
+        "max_width": model.encoder_size,
+        "max_height": model.encoder_size,
         "evitsam": {
             "variant": model.variant,
             "encoder_size": model.encoder_size,
