@@ -12,21 +12,16 @@ The photo is the notebook's own (a 1800x1200 truck), with the notebook's prompts
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import importlib.abc
-import importlib.machinery
 import inspect
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from clients import install_client
 from conftest import load_photo, randomize_
+from gui_stubs import client_package
 
 import evitsam
 from evitsam import SamPredictor
@@ -100,109 +95,6 @@ def sam_single_mask(predictor: SamPredictor, points, labels, box=None, mask_inpu
     return masks[best], low_res[best]
 
 
-# --- GUI stubs --------------------------------------------------------------------------------------------
-
-
-class _StubMeta(type):
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Anything()
-
-
-class _Anything(metaclass=_StubMeta):
-    """Any Qt class, instance, enum or signal: accepts every call and attribute and does nothing."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Anything()
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Anything()
-
-    def __or__(self, other):
-        return self
-
-    __ror__ = __and__ = __rand__ = __or__
-
-
-class QPointF:
-    """The one Qt value the clients' shapes keep: a point."""
-
-    def __init__(self, x: float = 0.0, y: float = 0.0) -> None:
-        self._x, self._y = float(x), float(y)
-
-    def x(self) -> float:
-        return self._x
-
-    def y(self) -> float:
-        return self._y
-
-
-class QCoreApplication(_Anything):
-    @staticmethod
-    def translate(context: str, text: str, *args) -> str:
-        return text
-
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name.startswith("Qt") and "." not in self.__name__:  # from PyQt6 import QtCore: the submodule
-            return importlib.import_module(f"{self.__name__}.{name}")
-        value = _StubMeta(name, (_Anything,), {})
-        setattr(self, name, value)
-        return value
-
-
-class _GuiStubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves a stub module for every module under ``GUI_MODULES``."""
-
-    def find_spec(self, name, path=None, target=None):
-        if any(name == root or name.startswith(root + ".") for root in GUI_MODULES):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StubModule(spec.name)
-        module.__path__ = []
-        module.QPointF, module.QCoreApplication = QPointF, QCoreApplication
-        module.pyqtSignal = lambda *args, **kwargs: _Anything()
-        module.pyqtSlot = lambda *args, **kwargs: lambda function: function
-        return module
-
-    def exec_module(self, module) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def client_package(requirement: str, deps: tuple[str, ...], package: str):
-    """Import ``package`` from ``requirement`` (first on sys.path) with GUI stubs; undo everything after."""
-    folders = [install_client(dep) for dep in deps] + [install_client(requirement)]
-    for folder in folders:  # the client's own copy first (AnyLabeling and X-AnyLabeling share a name)
-        sys.path.remove(str(folder))
-        sys.path.insert(0, str(folder))
-    stubs = _GuiStubs()
-    sys.meta_path.insert(0, stubs)
-    owned = (package, *GUI_MODULES)
-
-    def purge() -> None:
-        for name in [n for n in sys.modules if any(n == r or n.startswith(r + ".") for r in owned)]:
-            del sys.modules[name]
-
-    purge()
-    try:
-        yield
-    finally:
-        purge()
-        sys.meta_path.remove(stubs)
-
-
 # --- AnyLabeling and X-AnyLabeling ------------------------------------------------------------------------
 
 LABELING_CLIENTS = {
@@ -216,7 +108,7 @@ def labeling_tool(request, bundled, tmp_path_factory):
     """The client's ``segment_anything`` model, loaded from our config.yaml as its "load custom model" does."""
     _, paths, _ = bundled
     requirement, deps = LABELING_CLIENTS[request.param]
-    with pytest.MonkeyPatch.context() as patch, client_package(requirement, deps, "anylabeling"):
+    with pytest.MonkeyPatch.context() as patch, client_package(requirement, deps, "anylabeling", GUI_MODULES):
         patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))  # the apps keep settings there
         module = importlib.import_module("anylabeling.services.auto_labeling.segment_anything")
         settings = importlib.import_module("anylabeling.config")
@@ -312,7 +204,7 @@ def test_labeling_tool_predict_shapes_outlines_the_mask(labeling_tool, bundled, 
 
 @pytest.fixture(scope="module")
 def samexporter():
-    with client_package("samexporter==0.5.0", SAMEXPORTER_DEPS, "samexporter"):
+    with client_package("samexporter==0.5.0", SAMEXPORTER_DEPS, "samexporter", GUI_MODULES):
         yield importlib.import_module("samexporter.sam_onnx"), importlib.import_module("samexporter.inference")
 
 
