@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import yaml
 from conftest import load_photo, randomize_
+from PIL import Image
 
 from evitsam import SamPredictor, build_model
 from evitsam.export import export_onnx
-from evitsam.transforms import resize_longest_side
+from evitsam.export.graphs import EncoderGraph, mask_resamplers, resize_like_pil
+from evitsam.transforms import SamTransform, resize_longest_side
 
 ort = pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
 
@@ -32,7 +35,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     predictor = SamPredictor(model)
     image = load_photo("groceries.jpg")
     predictor.set_image(image)
-    sessions = {key: ort.InferenceSession(str(paths[key])) for key in ("encoder", "decoder", "boxes_decoder")}
+    keys = ("encoder", "decoder", "single_mask_decoder", "boxes_decoder")
+    sessions = {key: ort.InferenceSession(str(paths[key])) for key in keys}
     return paths, predictor, image, sessions
 
 
@@ -76,6 +80,48 @@ def test_encoder_matches_pytorch_for_any_aspect(exported):
 
 def resized(predictor: SamPredictor, image: np.ndarray) -> np.ndarray:
     return resize_longest_side(image, predictor.model.encoder_size).astype(np.float32)  # the encoder's input
+
+
+@pytest.mark.parametrize("shape", [(684, 1024), (1200, 1800), (300, 200)])
+def test_encoder_resizes_any_input_like_the_predictor(exported, shape):
+    """A tool's letterboxed 684x1024 canvas, a photo larger than 1024, one smaller than the encoder size:
+    the graph resizes each as ``SamTransform.apply_image`` does (PIL's antialiased bilinear on uint8)."""
+    _, predictor, image, sessions = exported
+    canvas = np.zeros((*shape, 3), np.uint8)
+    scale = min(shape[0] / image.shape[0], shape[1] / image.shape[1])
+    photo = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * scale), round(image.shape[0] * scale))))
+    canvas[: photo.shape[0], : photo.shape[1]] = photo[: shape[0], : shape[1]]
+    reference = SamPredictor(predictor.model)
+    reference.set_image(canvas)
+    embedding = sessions["encoder"].run(None, {"input_image": canvas.astype(np.float32)})[0]
+    assert rel_err(reference.features, embedding) < 1e-2  # PIL's fixed-point weights: a few pixels differ by 1
+
+
+def test_encoder_refuses_an_input_it_would_resize_to_nothing(exported):
+    _, _, _, sessions = exported
+    with pytest.raises(Exception, match="[Rr]eshape"):  # the graph's check: no empty side after resizing
+        sessions["encoder"].run(None, {"input_image": np.zeros((1, 2000, 3), np.float32)})
+    with pytest.raises(ValueError, match="empty side"):  # the same check in PyTorch
+        EncoderGraph(exported[1].model)(torch.zeros(1, 2000, 3))
+
+
+def test_resized_input_equals_pil_pixel_for_pixel(exported):
+    _, _, image, _ = exported
+    tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).float()
+    for size, differing in ((512, 0.01), (256, 0.01), (1500, 0.03)):  # down, far down, up
+        ours = resize_like_pil(tensor, size).permute(1, 2, 0).numpy()
+        pil = SamTransform(size).apply_image(image).astype(np.float32)
+        assert ours.shape == pil.shape
+        # PIL's weights are fixed-point: values on a rounding tie differ by one level per pass
+        assert np.abs(ours - pil).max() <= 2 and (ours != pil).mean() < differing, size
+
+
+def test_low_res_masks_round_trip_through_sams_size():
+    """A 128x128 model's logits go out as 256x256 ``low_res_masks`` and come back exactly as ``mask_input``."""
+    up, down = mask_resamplers(128, 256)
+    assert up.shape == (256, 128) and down.shape == (128, 256)
+    logits = torch.randn(128, 128)
+    assert torch.allclose(down @ (up @ logits @ up.T) @ down.T, logits, atol=1e-4)
 
 
 def prompt_cases(height: int, width: int) -> dict[str, dict]:
@@ -166,11 +212,31 @@ def test_boxes_decoder_matches_batched_predictor(exported):
     np.testing.assert_allclose(iou, scores.numpy(), atol=1e-3)
 
 
-def test_config_describes_the_files(exported):
-    paths, *_ = exported
+def test_config_points_tools_at_the_single_mask_decoder(exported):
+    paths, predictor, image, sessions = exported
     config = yaml.safe_load(Path(paths["config"]).read_text())
     assert config["type"] == "segment_anything"
     assert (paths["config"].parent / config["encoder_model_path"]).is_file()
-    assert (paths["config"].parent / config["decoder_model_path"]).is_file()
+    assert config["decoder_model_path"] == paths["single_mask_decoder"].name != paths["decoder"].name
+    assert config["evitsam"]["decoders"] == {"single_mask": "decoder_single_mask.onnx", "multimask": "decoder.onnx"}
     assert (config["input_size"], config["max_width"], config["max_height"]) == (1024, 512, 512)
     assert config["evitsam"]["variant"] == "l0" and config["evitsam"]["single_mask"] is False
+
+    height, width = image.shape[:2]
+    feeds = sam_inputs(predictor, predictor.features.numpy(), **prompt_cases(height, width)["point"])
+    masks, iou, low_res = sessions["single_mask_decoder"].run(None, feeds)
+    assert masks.shape == (1, 1, height, width) and low_res.shape == (1, 1, 256, 256)
+    expected, scores, _ = predictor.predict(**predictor_kwargs(prompt_cases(height, width)["point"]))
+    best = int(np.argmax(scores))  # one click: SAM's rule takes the best multimask output
+    assert ((masks[0, 0] > 0) == expected[best]).mean() >= PIXEL_AGREEMENT
+    assert iou[0, 0] == pytest.approx(scores[best], abs=1e-3)
+
+
+def test_decoders_have_no_gemm_on_computed_inputs(exported):
+    """ONNX Runtime's quantize_dynamic names its Transpose of a computed Gemm input after that input; the
+    image tokens feed three projections, so such Gemms would make the quantised model invalid."""
+    paths, *_ = exported
+    for key in ("decoder", "single_mask_decoder", "boxes_decoder"):
+        graph = onnx.load(str(paths[key])).graph
+        weights = {init.name for init in graph.initializer}
+        assert all(node.input[1] in weights for node in graph.node if node.op_type == "Gemm"), key

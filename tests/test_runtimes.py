@@ -296,7 +296,7 @@ def test_cli_exports_single_mask_graphs_with_sams_selection(checkpoint, referenc
             "image_embeddings": reference.features.numpy(),
             "point_coords": np.concatenate([coords, [[0, 0]]])[None].astype(np.float32),
             "point_labels": np.concatenate([prompt["point_labels"], [-1]])[None].astype(np.float32),
-            "mask_input": np.zeros((1, 1, reference.model.low_res_size, reference.model.low_res_size), np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),  # SAM's shape, whatever the model's low-res size
             "has_mask_input": np.zeros(1, np.float32),
             "orig_im_size": np.array([height, width], np.float32),
         }

@@ -192,7 +192,7 @@ def cached_graphs(model: EfficientViTSam, folder: Path | None = None) -> tuple[P
     folder = folder or engine_dir(model)
     encoder, decoder = folder / "encoder.onnx", folder / "prompt_decoder.onnx"
     if not encoder.is_file():
-        export_encoder(model, encoder)
+        export_encoder(model, encoder, resize=False)  # the engines feed the encoder size: no resampling work
     if not decoder.is_file():
         export_prompt_decoder(model, decoder)
     return encoder, decoder

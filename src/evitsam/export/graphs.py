@@ -3,16 +3,22 @@
 Every wrapper calls the model's own pre-processing, prompt encoder, decoder and post-processing, so the
 exported graphs compute what ``SamPredictor`` computes; only the calling convention changes:
 
-- encoder: ``input_image`` (H, W, 3) float32 RGB 0-255, long side already resized to the encoder size;
-  normalisation and zero padding happen inside the graph;
+- encoder: ``input_image`` (H, W, 3) float32 RGB 0-255 of any size (annotation tools send a fixed
+  letterboxed canvas, SAM tools the photo with its long side at 1024); the graph resizes it so its long
+  side is the encoder size exactly as ``SamTransform.apply_image`` does (PIL's antialiased bilinear on
+  uint8: a triangle filter widened by the scale, edge weights renormalised, width then height, each
+  pass rounded to integers), then normalises and zero-pads;
 - decoder: SAM's ONNX signature (``segment_anything.utils.onnx.SamOnnxModel``): points in the 1024 frame
-  with labels -1 (padding), 0/1 (background/foreground), 2/3 (box corners), a low-res ``mask_input``
-  gated by ``has_mask_input``, masks up-scaled to ``orig_im_size``.
+  with labels -1 (padding), 0/1 (background/foreground), 2/3 (box corners), a 256x256 ``mask_input``
+  gated by ``has_mask_input``, masks up-scaled to ``orig_im_size``, 256x256 ``low_res_masks`` that a
+  tool can feed back as ``mask_input``, whatever the model's own low-res size.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+import torch.onnx.operators
 from torch import nn
 
 from ..models import EfficientViTSam
@@ -24,16 +30,102 @@ from ..models.sam import PROMPT_FRAME
 SINGLE_TOKEN_BIAS = 1000.0
 
 
-class EncoderGraph(nn.Module):
-    """(H, W, 3) float 0-255 RGB, long side = encoder size -> (1, 256, 64, 64) embeddings."""
+# SAM's low-res mask side: what ``mask_input`` and ``low_res_masks`` measure in SAM's ONNX signature.
+SAM_LOW_RES = 256
 
-    def __init__(self, model: EfficientViTSam) -> None:
+
+class EncoderGraph(nn.Module):
+    """(H, W, 3) float 0-255 RGB -> (1, 256, G, G) embeddings.
+
+    ``resize=True`` (the tools' encoder): any H, W, resized inside the graph like ``SamTransform.apply_image``.
+    ``resize=False`` (the engines' encoder): the long side must already be the encoder size; no resampling
+    work at all, which matters for the engines that always feed a square of exactly that size.
+    """
+
+    def __init__(self, model: EfficientViTSam, resize: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.resize = resize
 
     def forward(self, input_image: torch.Tensor) -> torch.Tensor:
-        images = input_image.permute(2, 0, 1).unsqueeze(0)
-        return self.model.encode(self.model.preprocess(images))
+        images = input_image.permute(2, 0, 1)
+        if self.resize:
+            images = resize_like_pil(images, self.model.encoder_size)
+        return self.model.encode(self.model.preprocess(images.unsqueeze(0)))
+
+
+def resize_like_pil(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """(3, H, W) 0-255 -> (3, h, w) with max(h, w) = ``long_side``, sizes rounded half-up; PIL's uint8 bilinear.
+
+    Both passes are products with (out, in) weight matrices built from the input's run-time shape, so the
+    graph stays dynamic and runs the same in every ONNX runtime. A pass whose size does not change is the
+    identity and is not rounded (non-integer inputs of the right size pass unchanged).
+    """
+    size = torch.onnx.operators.shape_as_tensor(image)[1:].to(torch.float64)
+    target = torch.floor(size * (long_side / torch.max(size)) + 0.5).to(torch.int64)
+    image = require_resizable(image, target)
+    height, width = size.to(torch.int64)
+    columns = antialiased_bilinear(width, target[1])
+    image = round_if_resized(image @ columns.T, width != target[1])
+    rows = antialiased_bilinear(height, target[0])
+    return round_if_resized(rows @ image, height != target[0])
+
+
+def antialiased_bilinear(in_size: torch.Tensor, out_size: torch.Tensor) -> torch.Tensor:
+    """(out, in) float32 weights of PIL's bilinear resize along one axis (``ImagingResample``).
+
+    Output i is centred at (i + 0.5) * scale; the triangle filter is widened by the scale when
+    shrinking (antialiasing), weights falling outside the image are dropped and each row renormalised.
+    """
+    scale = in_size.to(torch.float64) / out_size.to(torch.float64)
+    support = torch.clamp(scale, min=1.0)
+    centres = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    taps = torch.arange(in_size, dtype=torch.float64) + 0.5
+    weights = torch.relu(1 - torch.abs(taps[None, :] - centres[:, None]) / support)
+    return (weights / weights.sum(dim=1, keepdim=True)).to(torch.float32)
+
+
+def round_if_resized(result: torch.Tensor, resized: torch.Tensor) -> torch.Tensor:
+    """A pass's result rounded half-up and clipped to 0-255 as PIL's uint8 passes are, if the pass changed
+    the size; else as it is (its weights were the identity: the input, exactly)."""
+    return torch.where(resized, torch.clamp(torch.floor(result + 0.5), 0, 255), result)
+
+
+class _RequireResizable(torch.autograd.Function):
+    """Passes the image through; fails when the resized image would have an empty side.
+
+    In the exported graph the check is a Reshape to the image's own shape plus one row when the check
+    fails, which every ONNX runtime rejects at run time ("cannot reshape" naming both shapes), instead of
+    computing an embedding of an empty image.
+    """
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        if int(target.min()) < 1:
+            shape, resized = tuple(image.shape[1:]), target.tolist()
+            raise ValueError(f"input_image {shape} is too elongated: resized to {resized} it has an empty side")
+        return image
+
+    @staticmethod
+    def symbolic(g, image, target):
+        failed = g.op(
+            "Cast",
+            g.op("Less", g.op("ReduceMin", target, keepdims_i=1), g.op("Constant", value_t=torch.tensor(1))),
+            to_i=7,
+        )
+        extra = g.op(
+            "Concat",
+            g.op("Constant", value_t=torch.tensor([0])),
+            failed,
+            g.op("Constant", value_t=torch.tensor([0])),
+            axis_i=0,
+        )
+        return g.op("Reshape", image, g.op("Add", g.op("Shape", image), extra))
+
+
+def require_resizable(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``image`` unchanged when every side of ``target`` (the resized size) is at least one pixel, else an error."""
+    return _RequireResizable.apply(image, target)
 
 
 class PromptDecoderGraph(nn.Module):
@@ -79,13 +171,51 @@ def prompt_frame_size(orig_im_size: torch.Tensor) -> torch.Tensor:
 
 
 class _UpscalingDecoder(nn.Module):
-    """A prompt decoder whose masks come out at the original image size, one or several per prompt."""
+    """A prompt decoder whose masks come out at the original image size, one or several per prompt.
+
+    Its low-res masks, in and out, are SAM's 256x256 whatever the model's own size L (``low_res_size``):
+    outputs are up-sampled (``mask_resamplers``), and a ``mask_input`` is brought back to L by the
+    least-squares inverse of that up-sampling, so feeding ``low_res_masks`` back gives the model exactly
+    its own low-res logits (what ``SamPredictor.predict(mask_input=...)`` refines with).
+    """
 
     def __init__(self, model: EfficientViTSam, single_mask: bool) -> None:
         super().__init__()
         self.model = model
         self.decoder = PromptDecoderGraph(model)
         self.single_mask = single_mask
+        up, down = mask_resamplers(model.low_res_size, SAM_LOW_RES)
+        self.register_buffer("mask_up", up, persistent=False)
+        self.register_buffer("mask_down", down, persistent=False)
+
+    def to_sam_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        if self.model.low_res_size == SAM_LOW_RES:
+            return low_res
+        return self.mask_up @ low_res @ self.mask_up.T
+
+    def from_sam_low_res(self, mask_input: torch.Tensor) -> torch.Tensor:
+        if self.model.low_res_size == SAM_LOW_RES:
+            return mask_input
+        return self.mask_down @ mask_input @ self.mask_down.T
+
+
+def mask_resamplers(low: int, sam: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sam, low) up-sampling matrix U along one axis and its (low, sam) left inverse pinv(U) (pinv(U) @ U = I:
+    low-res logits survive the round trip through SAM's size exactly).
+
+    Tools resize ``low_res_masks`` to the 1024 frame themselves (bilinear, like SAM's post-processing), so U
+    is the least-squares fit of that frame: bilinear(sam -> 1024) @ U ~ bilinear(low -> 1024). That halves
+    the largest weight error of up-sampling bilinearly to ``sam`` first (a smoother, blurrier composite).
+    """
+    frame_low, frame_sam = _linear_upsampling(low, PROMPT_FRAME), _linear_upsampling(sam, PROMPT_FRAME)
+    up = torch.linalg.lstsq(frame_sam, frame_low).solution
+    return up.to(torch.float32), torch.linalg.pinv(up).to(torch.float32)
+
+
+def _linear_upsampling(size: int, out: int) -> torch.Tensor:
+    """(out, size) float64 matrix of ``F.interpolate(mode="linear", align_corners=False)`` along one axis."""
+    basis = torch.eye(size, dtype=torch.float64)[:, None, :]
+    return F.interpolate(basis, size=out, mode="linear", align_corners=False)[:, 0, :].T
 
 
 class SamDecoderGraph(_UpscalingDecoder):
@@ -103,10 +233,11 @@ class SamDecoderGraph(_UpscalingDecoder):
         has_mask_input: torch.Tensor,
         orig_im_size: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask_input = self.from_sam_low_res(mask_input)
         low_res, scores = self.decoder(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         if self.single_mask:
             low_res, scores = select_single_mask(low_res, scores, point_coords.shape[1])
-        return upscale(self.model, low_res, orig_im_size), scores, low_res
+        return upscale(self.model, low_res, orig_im_size), scores, self.to_sam_low_res(low_res)
 
 
 class BoxesDecoderGraph(_UpscalingDecoder):
@@ -128,7 +259,7 @@ class BoxesDecoderGraph(_UpscalingDecoder):
         low_res, scores = self.decoder(image_embeddings, coords, labels, no_mask, has_mask)
         selected = slice(0, 1) if self.single_mask else slice(1, None)
         low_res, scores = low_res[:, selected], scores[:, selected]
-        return upscale(self.model, low_res, orig_im_size), scores, low_res
+        return upscale(self.model, low_res, orig_im_size), scores, self.to_sam_low_res(low_res)
 
 
 def upscale(model: EfficientViTSam, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
