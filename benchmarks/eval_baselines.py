@@ -1,6 +1,6 @@
-"""Reference points of the evaluation on the shared data: oracles that answer from the ground truth.
+"""Reference points of the evaluation on the benchmark data: oracles that answer from the ground truth.
 
-    python benchmarks/eval_baselines.py [--data ../shared/data]
+    python benchmarks/eval_baselines.py [--data DIR]
 
 Runs ``evitsam.evaluation.evaluate`` with the test oracles (``tests/oracles.py``): the ground-truth
 mask (must give 100), the box-filled mask as pycocotools rasterises a box, and the mask of every
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from evitsam.evaluation import evaluate, summary_line  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    data = os.environ.get("EVITSAM_DATA")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=data,
+        required=data is None,
+        help="folder with images/, coco_subset/ (40 COCO val2017 images), ... (default: $EVITSAM_DATA)",
+    )
     args = parser.parse_args()
     coco = args.data / "coco_subset"
     person = args.data / "coco_person_subset"

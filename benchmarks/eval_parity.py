@@ -13,6 +13,7 @@ image, first maximum in row-major order). Both models hold the same randomised w
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from pycocotools import mask as mask_utils
 from evitsam.evaluation import EvalDataset, evaluate, miou_by_size
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco_subset"
+DEFAULT_DATA = Path(os.environ["EVITSAM_DATA"]) / "coco_subset" if os.environ.get("EVITSAM_DATA") else None
 
 
 def official_mask(ann: dict, height: int, width: int) -> np.ndarray:
@@ -80,7 +81,13 @@ def fmt(miou: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="l0")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO folder: images/ + annotations.json")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        required=DEFAULT_DATA is None,
+        help="COCO folder: images/ + annotations.json (default: $EVITSAM_DATA/coco_subset)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--prompts", nargs="+", default=["box", "point"], choices=["box", "point"])
     parser.add_argument("--clicks", type=int, default=1)

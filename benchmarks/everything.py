@@ -30,7 +30,7 @@ from PIL import Image
 from evitsam import MaskGenerator, load_model
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "images" / "evit_cat.jpg"
+DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "evit_cat.jpg"
 MATCH_IOU = 0.9
 
 

@@ -1,7 +1,7 @@
 """Image-encoder throughput (images/s) of evitsam vs the official EfficientViT-SAM, same weights, one batch size.
 
     python benchmarks/gpu_throughput.py [--variants l0 xl1] [--batch 16] [--repeats 10] [--device cuda]
-        [--precisions fp32 fp16 bf16] [--compile] [--mask-photos 10] [--data ../shared/data] [--json PATH]
+        [--precisions fp32 fp16 bf16] [--compile] [--mask-photos 10] [--data DIR] [--json PATH]
 
 The paper's table (A100, TensorRT, fp16): L0 762 images/s, XL1 182 images/s. This measures PyTorch
 (eager, or ``torch.compile`` with ``--compile``) on whatever GPU runs it, both models with the official
@@ -160,7 +160,13 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=sorted(AUTOCAST))
     parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (default mode)")
     parser.add_argument("--mask-photos", type=int, default=10, help="coco_subset photos for mask IoU (0: skip)")
-    parser.add_argument("--data", type=Path, default=runtimes.SHARED, help="folder with images/ and coco_subset/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=runtimes.DATA,
+        required=runtimes.DATA is None,
+        help="folder with images/ and coco_subset/ (default: $EVITSAM_DATA)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)

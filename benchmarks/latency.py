@@ -28,7 +28,7 @@ from PIL import Image
 import evitsam
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "images" / "truck.jpg"
+DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "truck.jpg"
 VARIANTS = ("l0", "l1", "l2", "xl0", "xl1")
 WARMUP = 2
 N_BOXES = 100

@@ -1,10 +1,10 @@
 """The measured quality and speed of a (bundled) model, as MODEL_CARD.md reports them.
 
-    python benchmarks/model_card.py [--checkpoint PATH] [--heldout DIR] [--data ../shared/data]
+    python benchmarks/model_card.py [--checkpoint PATH] [--heldout DIR] [--data DIR]
 
 GT-box and 1-click mIoU (the paper's protocol, ``evitsam.evaluation.evaluate``) on held-out generated
 scenes (seed 1000, procedural only: no photo the model was trained on) and on the 40 COCO val2017
-images of ``shared/data/coco_subset`` (never trained on), next to the box-filled baseline (the mask
+images of ``coco_subset`` (never trained on; ``--data`` or ``$EVITSAM_DATA``), next to the box-filled baseline (the mask
 equal to its box, every pixel the box touches); then the file's size and sha256 and the median
 ``set_image`` / ``predict`` latency on this CPU. Prints Markdown tables.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -82,7 +83,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="weights to measure (default: the bundled model)")
     parser.add_argument("--heldout", type=Path, help="held-out scenes (default: 200 generated now, seed 1000)")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    data = os.environ.get("EVITSAM_DATA")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=data,
+        required=data is None,
+        help="folder with images/, coco_subset/ (40 COCO val2017 images), ... (default: $EVITSAM_DATA)",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
 

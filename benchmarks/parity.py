@@ -18,7 +18,7 @@ import numpy as np
 from latency import REPO, VARIANTS, build_pair
 from PIL import Image
 
-PHOTOS = REPO.parent / "shared" / "data" / "images"
+PHOTOS = REPO / "tests" / "data" / "images"
 
 
 def rel_err(reference, ours) -> float:

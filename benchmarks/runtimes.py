@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import warnings
@@ -29,7 +30,8 @@ from evitsam import SamPredictor
 from evitsam.export.engines import PrecisionFallback
 from evitsam.transforms import resize_longest_side
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The benchmark data: coco_subset/ (40 COCO val2017 images), coco_train_subset/ (scripts/fetch_coco_subset.py)
+DATA = Path(os.environ["EVITSAM_DATA"]) if os.environ.get("EVITSAM_DATA") else None
 CONFIGS = (
     ("torch", "fp32"),
     ("torch", "bf16"),
@@ -120,9 +122,7 @@ def object_prompts(annotations: list[dict]) -> list[dict]:
     return prompts
 
 
-def accuracy(
-    reference: SamPredictor, engines: dict[str, SamPredictor], photos: int, data: Path = SHARED
-) -> dict[str, dict]:
+def accuracy(reference: SamPredictor, engines: dict[str, SamPredictor], photos: int, data: Path) -> dict[str, dict]:
     """Worst embedding cosine and mean / worst mask IoU with the torch fp32 path on ``coco_subset`` photos."""
     coco = json.loads((data / "coco_subset" / "annotations.json").read_text())
     by_image: dict[int, list] = {}
@@ -162,7 +162,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--photos", type=int, default=10, help="coco_subset photos for the accuracy columns")
     parser.add_argument("--calibration-photos", type=int, default=24, help="coco_train_subset photos for int8")
-    parser.add_argument("--image", type=Path, default=SHARED / "images" / "truck.jpg")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        required=DATA is None,
+        help="folder with coco_subset/ and coco_train_subset/ (default: $EVITSAM_DATA)",
+    )
+    parser.add_argument(
+        "--image", type=Path, default=Path(__file__).resolve().parents[1] / "tests/data/images/truck.jpg"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--configs", nargs="+", default=[f"{r}:{p}" for r, p in CONFIGS], help="runtime:precision pairs to run"
@@ -174,7 +183,7 @@ def main() -> None:
 
     ours, official = build_pair(args.variant)
     model = ours.model
-    calibration_files = sorted((SHARED / "coco_train_subset" / "images").glob("*.jpg"))[: args.calibration_photos]
+    calibration_files = sorted((args.data / "coco_train_subset" / "images").glob("*.jpg"))[: args.calibration_photos]
     if ("openvino", "int8") not in configs:
         calibration_files = []
     engines, skipped = build_engines(model, [read(p) for p in calibration_files], configs)
@@ -201,7 +210,7 @@ def main() -> None:
         latency["preprocess"] = preprocessing(ours, official, image, args.repeats)
     print("accuracy on coco_subset...", file=sys.stderr, flush=True)
     reference = SamPredictor(model)
-    quality = accuracy(reference, {k: v for k, v in engines.items() if k != "torch fp32"}, args.photos)
+    quality = accuracy(reference, {k: v for k, v in engines.items() if k != "torch fp32"}, args.photos, args.data)
 
     env = environment()
     official_ms = latency["set_image"]["official"]

@@ -11,6 +11,7 @@ scenes contain (annotations per image). Every run writes into a fresh temporary 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from evitsam.data.synthetic import SynthSettings, generate, render
 from evitsam.visualize import render_overlay
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTOS = REPO.parent / "shared" / "data" / "coco_train_subset"
+PHOTOS = Path(os.environ["EVITSAM_DATA"]) / "coco_train_subset" if os.environ.get("EVITSAM_DATA") else None
 EXAMPLE_SCENES = (5, 6, 9, 17)  # seed 0, with photos: pasted on a photo, composed, pasted on a photo crop, on noise
 TILE = 300  # long side of each picture in the example
 
@@ -69,7 +70,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="images per measurement (0: none)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--coco", type=Path, default=PHOTOS, help="COCO train folder for photo scenes")
+    parser.add_argument(
+        "--coco",
+        type=Path,
+        default=PHOTOS,
+        required=PHOTOS is None,
+        help="COCO train folder for photo scenes (default: $EVITSAM_DATA/coco_train_subset)",
+    )
     parser.add_argument("--example", type=Path, help="also write the example picture here")
     args = parser.parse_args()
 

@@ -15,6 +15,7 @@ with the previous mask as prompt, and the IoU-head loss).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -31,7 +32,7 @@ from evitsam.training.losses import sam_loss
 from evitsam.training.train import SamTrainingStep, prepare_batch, to_images
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "coco_train_subset"
+DATA = os.environ.get("EVITSAM_DATA")  # the benchmark data folder, see --data
 WARMUP = 1
 
 
@@ -92,7 +93,7 @@ def bench(variant: str, args: argparse.Namespace) -> list[dict]:
     recipe = dict(max_masks=args.masks, batch_size=args.batch, hflip=0.0, box_prob=1.0, box_jitter=0.0,
                   multimask_prob=1.0, correction_iters=0, focal=False, iou_weight=0.0,
                   num_points=args.points)  # fmt: skip
-    dataset = open_dataset(DATA, max_masks=args.masks, seed=0)
+    dataset = open_dataset(args.data / "coco_train_subset", max_masks=args.masks, seed=0)
     rows = []
     for label, extras in (("ours", {}), ("ours + extras", dict(correction_iters=1, iou_weight=1.0))):
         config = TrainConfig.from_dict(recipe | extras | {"variant": variant})
@@ -128,6 +129,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep-denormal", action="store_true", help="do not flush denormal floats to zero")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        required=DATA is None,
+        help="folder with coco_train_subset/ (default: $EVITSAM_DATA; scripts/fetch_coco_subset.py)",
+    )
     args = parser.parse_args()
     # Random weights drive some activations/gradients into denormal range, where x86 float maths
     # is ~10x slower; both sides get the same setting (training runs flush them too, see loop.py).

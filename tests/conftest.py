@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder next to the repo, and deterministic random weights."""
+"""Common fixtures: the committed test data (tests/data, see its README.md), and deterministic random weights."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO / "tests" / "data"  # the committed fixture folder
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        raise FileNotFoundError(f"test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
+    """The committed fixture folder, tests/data."""
     return SHARED_DATA
 
 

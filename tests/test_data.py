@@ -1,4 +1,4 @@
-"""SA-1B and COCO datasets on the shared samples: layouts, decoding, subsets, and bad files skipped; plain image
+"""SA-1B and COCO datasets on the committed samples: layouts, decoding, subsets, and bad files skipped; plain image
 folders (distillation)."""
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def test_sa1b_synthetic_fixture(shared_data):
 
 
 def test_coco_polygons_rle_and_crowd(shared_data, coco):
-    assert len(coco) == 38  # 2 of the 40 images have no annotations
+    assert len(coco) == 11  # 1 of the 12 images of tests/data/coco_subset has no annotations (tests/data/README.md)
     crowd = CocoDataset(shared_data / "coco_subset", include_crowd=True)
     n_plain = sum(len(v) for v in coco.annotations.values())
     n_crowd = sum(len(v) for v in crowd.annotations.values())
-    assert n_crowd - n_plain == 4  # the 4 iscrowd=1 regions (uncompressed RLE) only when asked for
+    assert n_crowd - n_plain == 2  # the 2 iscrowd=1 regions (uncompressed RLE) only when asked for
     crowd_index = next(
         i for i, image_id in enumerate(crowd.image_ids) if any(a["iscrowd"] for a in crowd.annotations[image_id])
     )

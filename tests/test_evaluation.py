@@ -52,7 +52,7 @@ def person(shared_data: Path) -> tuple[Path, Path, dict, Path]:
 def few_objects(tmp_path_factory: pytest.TempPathFactory, coco) -> Path:
     """4 COCO images with 5 objects in all (one image has none): real models decode few prompts."""
     _, _, data = coco
-    images = [data["images"][i] for i in (5, 6, 19, 8)]
+    images = [data["images"][i] for i in (3, 4, 9, 6)]  # ids 403385, 6818, 226111, 331352: 2 + 1 + 0 + 2 objects
     ids = {image["id"] for image in images}
     path = tmp_path_factory.mktemp("annotations") / "few.json"
     path.write_text(
@@ -124,7 +124,7 @@ def test_first_clicks_match_the_official_full_image_computation(coco):
             ys, xs = np.where(depth == depth.max())
             assert Clicker(mask).click() == (xs[0], ys[0], True)
             count += 1
-    assert count == 295
+    assert count == 112  # every object of tests/data/coco_subset (tests/data/README.md)
 
 
 def test_clicker_matches_brute_force_distances():
@@ -184,11 +184,11 @@ def independent_box_filled_miou(coco_data: dict) -> dict:
 def test_gt_oracle_scores_100_with_boxes_and_clicks(coco):
     images, annotations, data = coco
     oracle = OraclePredictor(images, data, "gt")
-    assert sum(ann["area"] >= 1 for ann in data["annotations"]) == 295  # crowd regions included
+    assert sum(ann["area"] >= 1 for ann in data["annotations"]) == 112  # crowd regions included (tests/data/README.md)
     for prompt, clicks, limit in (("box", 1, None), ("point", 1, None), ("point", 3, 8)):
         results = evaluate(oracle, images, annotations, prompt=prompt, clicks=clicks, limit=limit, progress=False)
-        assert results["num_images"] == (limit or 40)
-        first = {image["id"] for image in data["images"][: limit or 40]}
+        assert results["num_images"] == (limit or 12)  # the 12 fixture images
+        first = {image["id"] for image in data["images"][: limit or 12]}
         assert results["num_objects"] == sum(a["area"] >= 1 and a["image_id"] in first for a in data["annotations"])
         assert results["clicks"] == (clicks if prompt == "point" else None)
         assert results["miou"] == pytest.approx(dict.fromkeys(("all", "large", "medium", "small"), 100.0), abs=1e-5)
@@ -208,9 +208,9 @@ def test_detector_prompt_gt_oracle_scores_ap_100(coco):
         if not a["iscrowd"]
     ]
     oracle = OraclePredictor(images, data, "gt", detections)
-    results = evaluate(oracle, images, annotations, prompt="detector", detections=detections, limit=12, progress=False)
-    first = {image["id"] for image in data["images"][:12]}  # AP over the evaluated images only
-    assert results["num_images"] == 12 and results["num_detections"] == sum(d["image_id"] in first for d in detections)
+    results = evaluate(oracle, images, annotations, prompt="detector", detections=detections, limit=8, progress=False)
+    first = {image["id"] for image in data["images"][:8]}  # AP over the evaluated images only (8 of 12)
+    assert results["num_images"] == 8 and results["num_detections"] == sum(d["image_id"] in first for d in detections)
     assert results["ap"] == pytest.approx(dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 100.0))
 
 

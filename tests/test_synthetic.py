@@ -185,7 +185,7 @@ def test_real_photos_are_listed_as_they_are(train_photos, tmp_path):
     generate(out, 1, seed=0, size=SIZE, coco=train_photos, real=True, min_area=100, progress=False)
     coco, source = load_coco(out / "annotations.json"), load_coco(train_photos / "annotations.json")
     real = [i for i in coco.imgs.values() if i["file_name"].startswith("real_")]
-    assert len(real) == len(source.imgs) == 50
+    assert len(real) == len(source.imgs) == 6  # the 6 images of tests/data/coco_train_subset
     for info in real[:5]:
         original = info["file_name"].removeprefix("real_")
         assert (out / "images" / info["file_name"]).read_bytes() == (train_photos / "images" / original).read_bytes()
@@ -197,6 +197,7 @@ def test_real_photos_are_listed_as_they_are(train_photos, tmp_path):
 
 # ---------------------------------------------------------------------------- guard and CLI errors
 def test_the_val2017_evaluation_set_is_refused(shared_data, train_photos, tmp_path):
+    # tests/data/coco_subset holds val2017 images: refused by what its annotations say, not by its name.
     with pytest.raises(ValueError, match="val2017 evaluation set"):
         generate(tmp_path / "a", 1, coco=shared_data / "coco_subset", progress=False)
     with pytest.raises(ValueError, match="val2017 evaluation set"):
@@ -210,8 +211,11 @@ def test_the_val2017_evaluation_set_is_refused(shared_data, train_photos, tmp_pa
         "http://images.cocodataset.org/val2017/" + annotations["images"][0]["file_name"]
     )
     (renamed / "annotations.json").write_text(json.dumps(annotations))
-    with pytest.raises(ValueError, match="comes from COCO val2017"):
+    with pytest.raises(ValueError, match=r"images \(e.g. 000000\d+.jpg\) come from the COCO val2017 evaluation set"):
         generate(tmp_path / "a", 1, coco=renamed, progress=False)
+    # A folder named val2017 (the official layout), before anything in it is read.
+    with pytest.raises(ValueError, match="a val2017 folder is the COCO val2017 evaluation set"):
+        generate(tmp_path / "a", 1, coco=tmp_path / "coco" / "val2017", progress=False)
     assert not (tmp_path / "a").exists()
 
 

@@ -8,7 +8,7 @@ from conftest import REPO
 from evitsam import VARIANTS, build_model, get_variant
 from evitsam.weights import expected_shapes
 
-KEY_TABLES = REPO.parent / "shared" / "research" / "official_state_dict_keys"
+KEY_TABLES = REPO / "tests" / "data" / "official_state_dict_keys"
 
 
 def official_keys(name: str) -> dict[str, tuple[int, ...]]:

@@ -1,14 +1,15 @@
 """Real COCO photos as material for synthetic scenes: backgrounds, textures and object cut-outs.
 
 Quality is measured on COCO val2017, so val2017 must never become training material: the
-:func:`refuse_validation_data` guard rejects the evaluation folder by name and any annotation file
-whose images come from val2017, before a single image is read.
+:func:`refuse_validation_data` guard rejects any copy of it (a folder named ``val2017``, or an annotation
+file whose images come from val2017, whatever the folder is called), before a single image is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +21,35 @@ from .coco import is_coco
 from .procedural import Patch
 from .sample import read_rgb
 
-EVALUATION_FOLDERS = ("coco_subset",)  # ../shared/data/coco_subset: the 40 val2017 images quality is measured on
 VALIDATION_SPLIT = "val2017"
+_REFUSAL = (
+    f"the COCO {VALIDATION_SPLIT} evaluation set, where quality is measured; it must never become training "
+    "data (use COCO train2017 images)"
+)
 
 
 def refuse_validation_data(path: str | Path) -> Path:
-    """``path`` resolved, or a ValueError when it is (inside) the evaluation folder."""
+    """``path`` resolved, or a ValueError when it holds COCO val2017 images.
+
+    It tells by content, so that any copy is caught: a folder named ``val2017`` on the path, or a COCO
+    ``annotations.json`` (in ``path``, or beside it when ``path`` is the ``images`` folder) listing an image
+    whose ``coco_url`` or ``file_name`` names val2017.
+    """
     resolved = Path(path).expanduser().resolve()
-    if any(part in EVALUATION_FOLDERS for part in resolved.parts):
-        raise ValueError(
-            f"--coco {path}: this is the COCO val2017 evaluation set, where quality is measured; it must never "
-            "become training data (use the train2017 subset, e.g. shared/data/coco_train_subset)"
-        )
+    if VALIDATION_SPLIT in resolved.parts:
+        raise ValueError(f"--coco {path}: a {VALIDATION_SPLIT} folder is {_REFUSAL}")
+    files = [resolved / "annotations.json"]
+    if resolved.name == "images":
+        files.append(resolved.parent / "annotations.json")
+    for file in files:
+        try:
+            images = json.loads(file.read_text()).get("images", [])
+        except (OSError, ValueError, AttributeError):
+            continue  # no readable COCO file: the caller reports what is wrong with the folder
+        for info in images if isinstance(images, list) else []:
+            where = f"{info.get('coco_url', '')} {info.get('file_name', '')}" if isinstance(info, dict) else ""
+            if VALIDATION_SPLIT in where:
+                raise ValueError(f"--coco {path}: its images (e.g. {info.get('file_name')}) come from {_REFUSAL}")
     return resolved
 
 
