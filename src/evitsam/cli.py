@@ -590,6 +590,9 @@ def synth_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+app.command("serve")(__import__("evitsam.service.command", fromlist=["serve"]).serve)
+
+
 def main() -> None:
     """Console entry point (``evitsam``) and ``python -m evitsam``."""
     app()
