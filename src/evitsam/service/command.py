@@ -97,7 +97,9 @@ def serve(
     )
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level))
     try:
-        server.run()
+        server.run()  # uvicorn shuts down on Ctrl-C, then raises it again as KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
     finally:
         service.pool.shutdown(wait=False, cancel_futures=True)
     typer.echo("evitsam serve: stopped", err=True)

@@ -84,7 +84,7 @@ class LabelStudio:
             return {"Authorization": f"Token {token}"}
         # a personal access token (a JWT refresh token): exchanged for a short-lived access token
         if self._access is None or self._access[1] < time.time():
-            url = f"{self.service.config.label_studio_url}/api/token/refresh"
+            url = f"{self.service.config.label_studio_url}/api/token/refresh/"
             body = json.dumps({"refresh": token}).encode()
             request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
             with _opener.open(request, timeout=self.service.config.fetch_timeout_s) as response:
