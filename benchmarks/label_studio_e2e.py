@@ -9,8 +9,8 @@ with Label Studio's own brush decoder and checks it equals ``SamPredictor``'s ma
     python benchmarks/label_studio_e2e.py --image photo.jpg --ls-python /path/to/ls-venv/bin/python
 
 Label Studio's legacy API tokens are off by default; ``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true`` turns them on for
-the organization created at first start, and ``USE_DEFAULT_BANNED_SUBNETS=false`` (with ``SSRF_PROTECTION_ENABLED=false``) lets it reach a backend on
-loopback.
+the organization created at first start, and ``USE_DEFAULT_BANNED_SUBNETS=false`` (with
+``SSRF_PROTECTION_ENABLED=false``) lets it reach a backend on loopback.
 Not part of the test suite: Label Studio takes half a minute to start.
 """
 

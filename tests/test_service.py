@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import assert_error, decode_coco, png_bytes, upload
+from service_helpers import assert_error, decode_coco, upload
 
 from evitsam import MaskGenerator, SamPredictor
 from evitsam.io import read_image
