@@ -109,7 +109,10 @@ def main() -> int:
     parser.add_argument("--image", type=Path, required=True, help="a photo to annotate")
     parser.add_argument("--ls-python", default="label-studio-venv/bin/python", help="python of Label Studio's venv")
     parser.add_argument("--click", type=float, nargs=2, default=(0.3, 0.5), help="click, as fractions of the image")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds allowed for each server to start")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for each server to start")
+    parser.add_argument(
+        "--ls-data", type=Path, help="Label Studio data folder kept between runs (its first start migrates a database)"
+    )
     args = parser.parse_args()
 
     from evitsam import SamPredictor, load_model
@@ -117,12 +120,18 @@ def main() -> int:
 
     image = read_image(args.image)
     height, width = image.shape[:2]
-    ls_port, ev_port, token = free_port(), free_port(), secrets.token_hex(20)
+    ls_port, ev_port = free_port(), free_port()
     ls_url, ev_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{ev_port}"
     work = Path(tempfile.mkdtemp(prefix="ls-e2e-"))
+    data_dir = args.ls_data or work / "ls"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "e2e-token"  # the user and its token are created at the first start only
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(20))
+    token = token_file.read_text().strip()
     env = dict(
         os.environ,
-        LABEL_STUDIO_BASE_DATA_DIR=str(work / "ls"),
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
         SSRF_PROTECTION_ENABLED="false",
         USE_DEFAULT_BANNED_SUBNETS="false",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,10 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option(metavar="N", help="Largest image, in pixels (refused before decoding).")
     ] = 100_000_000,
-    workers: Annotated[int, typer.Option(metavar="N", help="Threads running the model.")] = 2,
+    workers: Annotated[int, typer.Option(metavar="N", help="Requests the model runs at once.")] = 2,
+    threads: Annotated[
+        int | None, typer.Option(metavar="N", help="Torch threads per request; default: CPU cores / workers.")
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(metavar="TOKEN", envvar="EVITSAM_TOKEN", help="Require 'Authorization: Bearer TOKEN'."),
@@ -59,6 +63,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: a REST API (/v1, docs at /docs) and a Label Studio ML backend."""
     try:
+        import torch
         import uvicorn
 
         from .app import create_app
@@ -68,6 +73,8 @@ def serve(
         raise ValueError(f"evitsam serve needs the serve extra ({SERVE_EXTRA}): {error}") from None
     if model is not None and checkpoint is not None:
         raise ValueError("give either --model or --checkpoint, not both")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
     config = ServiceConfig(
@@ -86,6 +93,8 @@ def serve(
         label_studio_token=label_studio_token,
         local_files_root=local_files_root,
     )
+    # each request's torch ops run on their share of the cores, so concurrent requests do not oversubscribe them
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     service = Service.load(config)
     service.warm_up()
     info = service.info()
