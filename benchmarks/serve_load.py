@@ -145,24 +145,25 @@ def main() -> int:
             x, y = rng.uniform(0, target["width"]), rng.uniform(0, target["height"])
             return client.post(f"{base}/v1/predict", json={"image_id": target["image_id"], "points": [[x, y, 1]]})
 
-        # the same click in process, on the same model: what the HTTP layer adds to it
+        # the same click in process, on the same model with the server's threads per request, alternating with
+        # the click over HTTP so both see the same machine load: the difference is what the HTTP layer adds
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
         predictor = SamPredictor(load_model())
         predictor.set_image(photo)
         point = (np.array([[width / 3, height / 2]]), np.array([1]))
-        times = []
-        for _ in range(60):
-            start = time.perf_counter()
-            predictor.predict(*point, multimask_output=False)
-            times.append(time.perf_counter() - start)
+        body = {"image_id": ids[0]["image_id"], "points": [[width / 3, height / 2, 1]]}
+        times, http_times = [], []
         with httpx.Client() as client:
-            for _ in range(5):
-                click(client, 0)
-            http_times = []
-            for _ in range(60):
+            for i in range(65):
                 start = time.perf_counter()
-                client.post(f"{base}/v1/predict", json={"image_id": ids[0]["image_id"],
-                                                        "points": [[width / 3, height / 2, 1]]})  # fmt: skip
-                http_times.append(time.perf_counter() - start)
+                predictor.predict(*point, multimask_output=False)
+                middle = time.perf_counter()
+                client.post(f"{base}/v1/predict", json=body)
+                if i >= 5:  # warm-up
+                    times.append(middle - start)
+                    http_times.append(time.perf_counter() - middle)
         report["click_in_process_p50_ms"] = round(statistics.median(times) * 1000, 2)
         report["click_http_p50_ms"] = round(statistics.median(http_times) * 1000, 2)
         report["click_http_overhead_p50_ms"] = round(report["click_http_p50_ms"] - report["click_in_process_p50_ms"], 2)
