@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from clients import install_client
 from fastapi.testclient import TestClient
-from service_helpers import assert_error
+from service_support import assert_error
 
 from evitsam import SamPredictor
 from evitsam.io import read_image

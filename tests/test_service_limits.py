@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import assert_error, png_bytes, upload
+from service_support import assert_error, png_bytes, upload
 
 from evitsam.service import Service, ServiceConfig, create_app
 
