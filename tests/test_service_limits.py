@@ -262,3 +262,23 @@ def test_real_server_process_serves_and_stops_on_ctrl_c(photo):
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert f"http://localhost:{port}" in stderr and "nano" in stderr and "stopped" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "nano", "--checkpoint", "weights.pt"], "either --model or --checkpoint"),
+        (["--workers", "0"], "workers must be a positive integer"),
+        (["--cache-mb", "-5"], "cache_mb must be a positive number"),
+        (["--local-files-root", "/no/such/folder"], "local_files_root must be an existing folder"),
+        (["--label-studio-url", "ftp://host"], "label_studio_url must start with http"),
+    ],
+)
+def test_serve_command_refuses_bad_options_in_one_line(args, words):
+    from typer.testing import CliRunner
+
+    from evitsam.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
