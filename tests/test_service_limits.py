@@ -192,12 +192,16 @@ def test_concurrent_uploads_of_one_image_run_the_encoder_once(photo):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             files = lambda: {"file": ("p.png", photo, "image/png")}  # noqa: E731
-            return await asyncio.gather(*[http.post("/v1/images", files=files()) for _ in range(8)])
+            good = await asyncio.gather(*[http.post("/v1/images", files=files()) for _ in range(8)])
+            bad = await asyncio.gather(*[http.post("/v1/images", files={"file": ("x", b"no")}) for _ in range(4)])
+            return good, bad
 
-    answers = asyncio.run(run())
+    answers, refused = asyncio.run(run())
     assert [a.status_code for a in answers] == [200] * 8
     assert len({a.json()["image_id"] for a in answers}) == 1
     assert len(calls) == 1
+    assert [a.status_code for a in refused] == [415] * 4  # one failed computation answers every waiter
+    assert svc.images._pending == {}
 
 
 def test_token_is_required_on_every_route_but_health(photo):
