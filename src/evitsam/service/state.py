@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import SamPredictor, __version__, load_model
-from ..io import ImageReadError, ImageTooLargeError, read_image
+from ..io import ImageReadError, ImageTooLargeError, ImageTooSmallError, read_image
 from ..variants import get_variant
 from .config import ServiceConfig
 from .errors import ApiError
@@ -82,10 +82,10 @@ class Service:
             return read_image(data, max_pixels=self.config.max_pixels, name=field)
         except ImageTooLargeError as error:
             raise ApiError(413, field, str(error)) from None
+        except ImageTooSmallError as error:  # readable, but too small (or too thin) to segment
+            raise ApiError(422, field, str(error)) from None
         except ImageReadError as error:
             raise ApiError(415, field, f"{error}; expected a JPEG, PNG, WebP, TIFF or BMP image") from None
-        except ValueError as error:  # readable but too small to segment
-            raise ApiError(422, field, str(error)) from None
 
     def _embed(self, data: bytes, image_id: str, field: str) -> CachedImage:
         image = self.decode_image(data, field)
