@@ -593,3 +593,8 @@ def synth_command(
 def main() -> None:
     """Console entry point (``evitsam``) and ``python -m evitsam``."""
     app()
+
+
+from .labelling_command import label  # noqa: E402  (registered last: it reuses the helpers above)
+
+app.command("label")(label)
