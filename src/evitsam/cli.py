@@ -595,6 +595,6 @@ def main() -> None:
     app()
 
 
-from .labelling_command import label  # noqa: E402  (registered last: it reuses the helpers above)
+from .labelling_command import label as label_command  # noqa: E402  (last: it reuses the helpers above)
 
-app.command("label")(label)
+app.command("label")(label_command)

@@ -274,8 +274,8 @@ def label_images(
 
     def poll() -> None:
         nonlocal counted_others
-        finished = [c for c in others if c in finished_chunks(parts)] if others else []
-        for chunk in finished:
+        present = finished_chunks(parts) if others else {}
+        for chunk in [c for c in others if c in present]:
             others.discard(chunk)
             counted_others += chunk_images[chunk]
         bar.n = own + counted_others
