@@ -170,20 +170,18 @@ class _Labeller:
         boxes = box_prompts([det["bbox"] for det in detections])
         prompts = torch.as_tensor(self.predictor.transform.apply_boxes(boxes, size), dtype=torch.float)
         prompts = prompts.to(self.model.device)
-        side = {}
+        side = None
         if self.engine.runtime == "torch":
-            side = {"image_side": self.model.prepare_decoder(features, self.engine.decoder_products)}
+            side = self.model.prepare_decoder(features, self.engine.decoder_products)
         annotations = []
         step = self.settings.box_batch
         for start in range(0, len(detections), step):
-            low, ious = self.engine.decode(features, None, None, prompts[start : start + step], None, True, **side)
-            best = ious.argmax(dim=1)
-            rows = torch.arange(len(best), device=best.device)
-            masks = self.model.postprocess_masks(low[rows, best][:, None], input_size, size, self.model.mask_threshold)
+            low, ious = self._decode_best(features, prompts[start : start + step], input_size, side)
+            masks = self.model.postprocess_masks(low, input_size, size, self.model.mask_threshold)
             rles = encode_rle(masks[:, 0])
             bboxes, areas = _rle_records(rles)
             for det, rle, bbox, area, iou in zip(
-                detections[start : start + step], rles, bboxes, areas, ious[rows, best].float().tolist(), strict=True
+                detections[start : start + step], rles, bboxes, areas, ious.float().tolist(), strict=True
             ):
                 annotations.append({
                     "category_id": det["category_id"], "segmentation": rle, "area": area, "bbox": bbox,
@@ -191,6 +189,31 @@ class _Labeller:
                     "detection_id": det["detection_id"], "box": det["bbox"],
                 })  # fmt: skip
         return self._record(item, annotations)
+
+    def _decode_best(
+        self, features: torch.Tensor, boxes: torch.Tensor, input_size: tuple[int, int], side: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits (B, 1, h, w) and predicted IoU (B,) of each box's best multimask output.
+
+        With the model's own decoder (torch runtime) only the chosen mask of each box is computed, and
+        only the part of it the resize to the image reads, as "everything" does; exported graphs
+        return all three masks and the best is picked from them.
+        """
+        if side is None:
+            low, ious = self.engine.decode(features, None, None, boxes, None, True)
+            best = ious.argmax(dim=1)
+            rows = torch.arange(len(best), device=best.device)
+            return low[rows, best][:, None], ious[rows, best]
+        decoder = self.model.mask_decoder
+        state = self.model.attend(features, None, None, boxes, None, side)
+        ious = decoder.predict_iou(state)[:, 1:]
+        best = ious.argmax(dim=1)
+        extent = self.model.low_res_extent(input_size)
+        low = torch.empty(len(best), 1, *extent, device=features.device)
+        for token in best.unique().tolist():
+            rows = (best == token).nonzero().flatten()
+            low[rows] = decoder.mask_logits(state.select(rows), slice(1 + token, 2 + token), extent).to(low.dtype)
+        return low, ious[torch.arange(len(best), device=best.device), best]
 
     def _everything(self, item: dict) -> dict:
         records = self.generator.generate(item["image"].permute(1, 2, 0).numpy())
