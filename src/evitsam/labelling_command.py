@@ -91,8 +91,13 @@ def label(
     try:
         sam = load_cli_model(name_or_path, variant, torch_device).eval()
         predictor = _predictor(sam, runtime, precision, None)
-        job = {"model": name_or_path, "variant": sam.variant, "runtime": predictor.runtime,
-               "precision": predictor.precision}  # fmt: skip
+        identity = str(checkpoint.resolve()) if checkpoint is not None else name_or_path
+        job = {
+            "model": identity,
+            "variant": sam.variant,
+            "runtime": predictor.runtime,
+            "precision": predictor.precision,
+        }
         if boxes is not None:
             job["detections"] = hashlib.sha1(boxes.read_bytes()).hexdigest()
         info = {"model": name_or_path, "variant": sam.variant, "mode": settings.mode}

@@ -260,7 +260,7 @@ def label_images(
                 "chunk_size": size, "batch_size": settings.batch_size, **(job or {})}  # fmt: skip
     if settings.mode == "everything":
         identity["points_per_side"] = settings.points_per_side
-    manifest = {"format": 1, "output": str(output), "job": identity, "num_images": count, "chunk_size": size,
+    manifest = {"format": 1, "output": str(output.resolve()), "job": identity, "num_images": count, "chunk_size": size,
                 "num_chunks": num_chunks, "categories": categories_for(collection, detections),
                 "info": {"description": "instance masks by evitsam label", **(info or {})}}  # fmt: skip
 
@@ -333,7 +333,7 @@ def label_images(
     stats = gather_lists([{"rank": rank, "processed": own, "failed": failed}])
     if rank != 0:
         return None
-    summary = merge(parts)
+    summary = merge(parts, output)
     seconds = time.perf_counter() - started
     processed = sum(s["processed"] for s in stats)
     summary.update(
