@@ -1,6 +1,6 @@
 """Throughput of ``evitsam label --boxes`` (images/s), 1 process vs 2, against the official per-image loop.
 
-    python benchmarks/label_throughput.py --data COCO_DIR [--models nano,l0] [--limit N] [--threads 1]
+    python benchmarks/label_throughput.py --data COCO_DIR [--models nano,l0] [--limit N] [--threads 1] [--repeats R]
 
 COCO_DIR holds ``images/`` and ``annotations.json``; every ground-truth object (area >= 1) becomes a
 detection with score 1, so the labels can be scored against the ground truth. Per model:
@@ -10,6 +10,7 @@ detection with score 1, so the labels can be scored against the ground truth. Pe
 * ``official`` (L0 only; the same randomised weights loaded into both, as in ``benchmarks/latency.py``):
   the official ``EfficientViTSamPredictor`` per image, ``set_image`` + ``predict_torch`` on the image's
   boxes, the best of the three masks kept and RLE-encoded, on ``--threads`` threads in this process.
+  The three runs alternate ``--repeats`` times (medians reported): the machine's speed drifts.
 * mIoU of the labels against the ground truth (pycocotools), next to ``evitsam.evaluation.evaluate``'s
   box-prompt mIoU with the same model: the two protocols agree to 0.1.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,13 +97,12 @@ def official_loop(official, data: EvalDataset, truth: list[tuple]) -> tuple[floa
     return len(by_image) / seconds, miou_by_size(records)["all"]
 
 
-def bench(name: str, folder: Path, data: EvalDataset, limit: int | None, threads: int, work: Path) -> dict:
+def bench(
+    name: str, folder: Path, data: EvalDataset, limit: int | None, threads: int, repeats: int, runtime: str, work: Path
+) -> dict:
     detections, truth = detections_of(data, limit)
-    listing = {
-        "images": [
-            {"id": i.id, "file_name": i.path.relative_to(folder / "images").as_posix()} for i in data.images[:limit]
-        ]
-    }
+    names = [image.path.relative_to(folder / "images").as_posix() for image in data.images[:limit]]
+    listing = {"images": [{"id": image.id, "file_name": n} for image, n in zip(data.images, names)]}
     (work / "images.json").write_text(json.dumps(listing))
     (work / "detections.json").write_text(json.dumps(detections))
     official = None
@@ -114,26 +115,32 @@ def bench(name: str, folder: Path, data: EvalDataset, limit: int | None, threads
         model, official = build_models(name)
         save_safetensors(model.state_dict(), work / f"{name}.safetensors", name)
         source = ["--checkpoint", str(work / f"{name}.safetensors")]
-    common = [
-        str(work / "images.json"),
-        "--image-root",
-        str(folder / "images"),
-        "--boxes",
-        str(work / "detections.json"),
-    ]
+    common = [str(work / "images.json"), "--image-root", str(folder / "images")]
+    common += ["--boxes", str(work / "detections.json")]
     common += [*source, "--device", "cpu", "--no-progress"]
+    common += ["--runtime", runtime]
     row: dict = {"model": name, "images": len(listing["images"]), "boxes": len(detections), "threads": threads}
-    for processes in (1, 2):
-        out = work / f"{name}-{processes}p" / "labels.json"
-        summary = run_label(common + ["--output", str(out)], processes, threads)
-        row[f"ours_{processes}p_img_s"] = summary["images_per_s"]
-        row[f"ours_{processes}p_miou"] = labels_miou(out, data, truth)
+    row["runtime"] = runtime
+    speeds: dict[str, list[float]] = {"ours_1p": [], "ours_2p": [], "official": []}
+    for repeat in range(repeats):  # interleaved: the machine's speed drifts
+        if official is not None:
+            torch.set_num_threads(threads)
+            rate, row["official_miou"] = official_loop(official, data, truth)
+            speeds["official"].append(rate)
+        for processes in (1, 2):
+            out = work / f"{name}-{processes}p-{repeat}" / "labels.json"
+            summary = run_label(common + ["--output", str(out)], processes, threads)
+            speeds[f"ours_{processes}p"].append(summary["images_per_s"])
+            row[f"ours_{processes}p_miou"] = labels_miou(out, data, truth)
+    for key, values in speeds.items():
+        if values:
+            row[f"{key}_img_s"] = statistics.median(values)
+            row[f"{key}_all"] = values
     torch.set_num_threads(threads)
-    row["eval_box_miou"] = evaluate(model.eval(), folder / "images", data.data, "box", limit=limit, progress=False)[
-        "miou"
-    ]["all"]
+    model.eval()
+    results = evaluate(model, folder / "images", data.data, "box", limit=limit, progress=False)
+    row["eval_box_miou"] = results["miou"]["all"]
     if official is not None:
-        row["official_img_s"], row["official_miou"] = official_loop(official, data, truth)
         row["ours_1p_vs_official"] = row["ours_1p_img_s"] / row["official_img_s"]
     row["2p_vs_1p"] = row["ours_2p_img_s"] / row["ours_1p_img_s"]
     return row
@@ -145,6 +152,8 @@ def main() -> None:
     parser.add_argument("--models", default="nano,l0", help="comma-separated: nano and/or l0 l1 l2 xl0 xl1")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (medians reported)")
+    parser.add_argument("--runtime", default="torch", help="our engine: torch, onnxruntime or openvino")
     args = parser.parse_args()
     data = EvalDataset(args.data / "images", args.data / "annotations.json")
     rows = []
@@ -152,7 +161,7 @@ def main() -> None:
         for name in args.models.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            rows.append(bench(name, args.data, data, args.limit, args.threads, work))
+            rows.append(bench(name, args.data, data, args.limit, args.threads, args.repeats, args.runtime, work))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| model | images | boxes | ours 1p img/s | ours 2p img/s | 2p / 1p | official img/s | 1p / official "
           "| labels mIoU | eval box mIoU |")  # fmt: skip

@@ -47,7 +47,9 @@ def label(
     precision: Annotated[
         str, typer.Option(metavar="NAME", help="fp32, bf16, fp16 (CUDA) or int8 (openvino).")
     ] = "fp32",
-    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per encoder call.")] = 4,
+    batch_size: Annotated[
+        int | None, typer.Option(metavar="N", help="Images per encoder call [default: 1 on CPU, 8 on CUDA].")
+    ] = None,
     box_batch: Annotated[int, typer.Option(metavar="N", help="Boxes per decoder call.")] = 64,
     chunk_size: Annotated[int, typer.Option(metavar="N", help="Images per unit of work and of resumption.")] = 32,
     workers: Annotated[int, typer.Option(metavar="N", help="Image-reading processes per labelling process.")] = 2,

@@ -9,7 +9,7 @@ the automatic mask generator per image instead. Rank 0 shows the whole job's pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from .inputs import Collection, ImageEntry, categories_for
 from .parts import chunk_path, clean_chunks, finished_chunks, merge, open_job, parts_dir_for, write_chunk
 
 MODES = ("boxes", "everything")
+# Images per encoder call on a GPU by default. On CPUs one at a time is fastest: the encoder's
+# activations of several images no longer fit in cache (measured on L0: 4 images a call ~20 % slower).
+CUDA_BATCH = 8
 POLL_SECONDS = 0.5  # how often rank 0 looks for other processes' finished chunks
 
 
@@ -41,7 +44,7 @@ class LabelSettings:
 
     mode: str = "boxes"
     min_score: float = 0.0
-    batch_size: int = 4  # images per encoder call
+    batch_size: int | None = None  # images per encoder call; None: 1 on CPU (cache-bound), 8 on CUDA
     box_batch: int = 64  # boxes per decoder call
     chunk_size: int = 32  # images per unit of work and of resumption
     workers: int = 2  # DataLoader processes reading and resizing images
@@ -53,6 +56,8 @@ class LabelSettings:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("batch_size", "box_batch", "chunk_size", "points_per_side"):
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -246,6 +251,8 @@ def label_images(
     (a different ``job`` refuses to reuse the parts folder); ``info`` goes into the output's ``info``.
     """
     settings.check()
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=CUDA_BATCH if predictor.device.type == "cuda" else 1)
     if (settings.mode == "boxes") != (detections is not None):
         raise ValueError("mode 'boxes' needs detections, and mode 'everything' takes none")
     output = Path(output)
