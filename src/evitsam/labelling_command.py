@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-PathOption = Annotated[Path | None, typer.Option(metavar="PATH")]
-
 
 def label(
     images: Annotated[
