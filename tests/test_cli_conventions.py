@@ -26,6 +26,7 @@ COMMANDS = {  # command -> does it write an output (-o/--output)?
     ("distill", "run"): True,
     ("distill", "precompute"): True,
     ("data", "synth"): True,
+    ("label",): True,
     ("serve",): False,  # writes nothing
 }
 

@@ -18,7 +18,7 @@ import typer
 
 from .common import Group, command_group
 
-COMMAND_MODULES = ("segment", "everything", "weights", "training", "evaluate", "serve")
+COMMAND_MODULES = ("segment", "everything", "weights", "training", "evaluate", "label", "serve")
 
 
 class RootGroup(Group):
