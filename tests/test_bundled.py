@@ -35,8 +35,8 @@ def test_bundled_file_is_small_fp16_and_matches_its_card():
     assert path.stat().st_size <= MAX_BYTES
     digest = file_sha256(path)
     assert variant.sha256 == digest
-    card = (REPO / "MODEL_CARD.md").read_text()
-    assert re.search(rf"sha256[^\n]*{digest}", card), "MODEL_CARD.md must state the bundled file's sha256"
+    card = (REPO / "docs" / "model_card.md").read_text()
+    assert re.search(rf"sha256[^\n]*{digest}", card), "docs/model_card.md must state the bundled file's sha256"
     with safe_open(str(path), "pt") as weights:
         assert weights.metadata()["evitsam_variant"] == DEFAULT_VARIANT
         dtypes = {weights.get_tensor(key).dtype for key in weights.keys()}
