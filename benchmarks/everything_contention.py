@@ -109,6 +109,8 @@ def run_grid(predictor: SamPredictor, image: np.ndarray, side: int, args, thresh
         "ours, workers=1": MaskGenerator(predictor, points_per_side=side, workers=1, **thresholds),
         "SAM's": sam_generator(predictor, points_per_side=side, **thresholds),
     }
+    if args.skip_workers_1:
+        del generators["ours, workers=1"]
     conditions = {"idle": 0, f"{args.load} x {args.load_kind}": args.load}
     times = {(c, g): [] for c in conditions for g in generators}
     outputs = {}
@@ -128,7 +130,7 @@ def run_grid(predictor: SamPredictor, image: np.ndarray, side: int, args, thresh
     rows = []
     for condition in conditions:
         sam = statistics.median(times[condition, "SAM's"])
-        for name in ("ours", "ours, workers=1"):
+        for name in [name for name in generators if name != "SAM's"]:
             ours = statistics.median(times[condition, name])
             rows.append(
                 dict(grid=f"{side}x{side}", load=condition, generator=name, ours_s=ours, sam_s=sam, ratio=sam / ours,
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=2, help="competing processes in the loaded runs")
     parser.add_argument("--load-kind", choices=("busy", "matmul"), default="busy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--skip-workers-1", action="store_true", help="leave out MaskGenerator(workers=1)")
     parser.add_argument("--checkpoint", help="model name or checkpoint (default: the bundled model)")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--pred-iou-thresh", type=float)
