@@ -18,9 +18,6 @@ The image embedding comes from a :class:`SamPredictor`, the one place that pre-p
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,6 +44,7 @@ from .masks import (
 from .models import EfficientViTSam
 from .models.transformer import ImageSide
 from .predictor import SamPredictor
+from .prompt_workers import PromptWorkers
 from .transforms import as_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -412,50 +410,6 @@ class MaskGenerator:
                 masks.crop_boxes,
             )
         ]
-
-
-class PromptWorkers:
-    """Runs the per-prompt work on ``count`` threads, each with one intra-op thread, results in order.
-
-    The work after the encoder is thousands of small operations (a few prompts' decoder layers, a few
-    masks' resize). With torch's intra-op threads every one of them is a parallel region whose threads
-    meet at a barrier; when another process holds one of the cores, each barrier waits for the thread
-    that was descheduled while the others spin, and a 2-core run got 5-10x slower than one thread. Whole
-    chunks on independent single-threaded workers meet only once per batch, and use the cores as well
-    when the machine is idle. ``count`` 1 runs everything on the caller's thread (torch's threads).
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.pool: ThreadPoolExecutor | None = None
-
-    def __enter__(self) -> PromptWorkers:
-        if self.count > 1:
-            self.threads = torch.get_num_threads()
-            self.grad = torch.is_grad_enabled()
-            self.inference = torch.is_inference_mode_enabled()
-            self.pool = ThreadPoolExecutor(self.count, thread_name_prefix="evitsam-prompts")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
-            # A worker's set_num_threads(1) is its own, but torch also keeps it as the default of threads
-            # started later: put the caller's back.
-            torch.set_num_threads(self.threads)
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        items = list(items)
-        if self.pool is None or len(items) < 2:
-            return [fn(item) for item in items]
-        return list(self.pool.map(functools.partial(self._run, fn), items))
-
-    def _run(self, fn: Callable[[Any], Any], item: Any) -> Any:
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
-        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
-            return fn(item)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
