@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import latency
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
@@ -34,8 +35,7 @@ from evitsam import MaskGenerator, SamPredictor, load_model
 from evitsam.io import read_image
 from evitsam.variants import get_variant
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "images" / "evit_cat.jpg"
+DEFAULT_IMAGE = latency.DEFAULT_IMAGE.with_name("evit_cat.jpg")  # the demo photos next to the repository
 LOAD_LIMIT_S = 900.0  # a load process exits by itself after this, even if the benchmark dies
 
 
