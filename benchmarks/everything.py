@@ -1,11 +1,14 @@
 """Segment-everything on CPU: evitsam's MaskGenerator vs the official generator, same weights, same photo.
 
     python benchmarks/everything.py [--grids 16 32] [--repeats 3] [--image PATH] [--threads N] [--json PATH]
+        [--weights l0|xl1|...|CHECKPOINT]
 
-Weights: the official L0 model's state dict randomised deterministically (``latency.randomised_state``)
-and loaded into both models, with the mask and IoU heads scaled so that, as with trained weights,
-logits are tens of units and predicted IoUs straddle the 0.88 threshold (random weights otherwise
-give no mask that survives SAM's filters, which would time an empty pipeline). Same change on both sides.
+Weights: by default the official L0 model's state dict randomised deterministically
+(``latency.randomised_state``) and loaded into both models, with the mask and IoU heads scaled so that,
+as with trained weights, logits are tens of units and predicted IoUs straddle the 0.88 threshold (random
+weights otherwise give no mask that survives SAM's filters, which would time an empty pipeline). Same
+change on both sides. ``--weights``: trained official weights (a variant name, downloaded if missing, or
+an official checkpoint), loaded key for key into both models, heads unchanged.
 
 Per grid, default settings otherwise: ours and the official run alternately (AB BA ...) so machine
 noise hits both; medians, ratio, peak RSS increase, and the check that both keep the same masks.
@@ -23,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGenerator
+from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor
+from efficientsam.sam_model_zoo import create_efficientvit_sam_model
 from latency import add_common_arguments, build_pair, environment, parse_common_arguments, timed
 from PIL import Image
 
-from evitsam import MaskGenerator, load_model
+from evitsam import MaskGenerator, SamPredictor, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "evit_cat.jpg"
@@ -118,9 +122,17 @@ def table_line(r: dict) -> str:
     )
 
 
-def markdown(rows: list[dict], env: dict, image: Path) -> str:
+def trained_pair(weights: str) -> tuple[SamPredictor, EfficientViTSamPredictor]:
+    """Our model and the official one with the same trained official weights (loaded strictly into both)."""
+    ours = load_model(weights)
+    official = create_efficientvit_sam_model(f"efficientvit-sam-{ours.variant}", pretrained=False).eval()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    return SamPredictor(ours), EfficientViTSamPredictor(official)
+
+
+def markdown(rows: list[dict], env: dict, image: Path, weights: str) -> str:
     header = [
-        f"L0, fp32, {image.name}; torch {env['torch']} | threads {env['threads']} | CPU {env['cpu']}",
+        f"{weights}, fp32, {image.name}; torch {env['torch']} | threads {env['threads']} | CPU {env['cpu']}",
         "",
         "| grid | comparison | ours s (median) | reference s (median) | speed-up | peak RSS +MiB ours / reference | "
         "masks ours / reference | notes |",
@@ -165,6 +177,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88, help="with --coverage-on")
     parser.add_argument("--stability-score-thresh", type=float, default=0.95, help="with --coverage-on")
+    parser.add_argument("--weights", help="trained official weights: variant name or checkpoint (default: random L0)")
     add_common_arguments(parser, repeats=3, image=DEFAULT_IMAGE)
     args = parse_common_arguments(parser)
     if args.coverage_on:
@@ -173,9 +186,12 @@ def main() -> None:
             checkpoint = None if args.coverage_on == "bundled" else args.coverage_on
             coverage_on_trained_weights(checkpoint, side, args.repeats, filters)
         return
-    ours, official = build_pair("l0")
-    scale_heads_(ours.model)
-    scale_heads_(official.model)
+    if args.weights:
+        ours, official = trained_pair(args.weights)
+    else:
+        ours, official = build_pair("l0")
+        scale_heads_(ours.model)
+        scale_heads_(official.model)
     image = np.asarray(Image.open(args.image).convert("RGB"))
     MaskGenerator(ours, points_per_side=2).generate(image)  # warm-up (allocator, oneDNN kernels)
     EfficientViTSamAutomaticMaskGenerator(official.model, points_per_side=2).generate(image)
@@ -186,7 +202,7 @@ def main() -> None:
         print("\n".join(table_line(r) for r in new), flush=True)  # progress
         rows += new
     print()
-    print(markdown(rows, env, args.image))
+    print(markdown(rows, env, args.image, f"{ours.model.variant} trained" if args.weights else "L0 random"))
     if args.json:
         args.json.write_text(json.dumps(dict(environment=env, image=str(args.image), rows=rows), indent=2))
 

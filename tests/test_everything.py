@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +169,34 @@ def test_coverage_sampling_decodes_fewer_points_and_keeps_most_masks():
     assert np.mean(found) >= 0.5  # most of its masks are the full grid's own
 
 
+def test_prompt_workers_give_the_single_thread_records_and_leave_threads_alone():
+    """Chunks decoded and resized on worker threads come back in order: the records of one thread."""
+    predictor = tiny_predictor()
+    image = load_photo("evit_cat.jpg")
+    kwargs = dict(
+        points_per_side=6, points_per_batch=20, pred_iou_thresh=0.5, stability_score_thresh=0.5, box_nms_thresh=1.0
+    )
+    expected = MaskGenerator(predictor, workers=1, **kwargs).generate(image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's setting, which the workers (one intra-op thread each) must not change
+    try:
+        records = MaskGenerator(predictor, workers=3, **kwargs).generate(image)
+        started_later = []
+        worker = threading.Thread(target=lambda: started_later.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 2 and started_later == [2]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(expected) > 3
+    assert [r["point_coords"] for r in records] == [r["point_coords"] for r in expected]
+    assert_same_records(expected, records)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        (dict(workers=0), "workers must be an integer >= 1"),
         (dict(points_per_side=None), "exactly one of points_per_side and point_grids"),
         (dict(point_grids=[np.zeros((4, 2))]), "exactly one of points_per_side and point_grids"),
         (dict(points_per_side=0), "points_per_side must be an integer >= 1"),

@@ -42,7 +42,9 @@ from .masks import (
     uncompressed_rle,
 )
 from .models import EfficientViTSam
+from .models.transformer import ImageSide
 from .predictor import SamPredictor
+from .prompt_workers import PromptWorkers
 from .transforms import as_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -105,6 +107,9 @@ class MaskGenerator:
     already lie inside a kept mask (measured against the full grid in ``benchmarks/everything.py``).
     ``runtime``/``precision``/``calibration`` choose the engine as for :class:`SamPredictor`
     (ONNX Runtime, OpenVINO fp32/bf16/int8) when ``model`` is an :class:`EfficientViTSam`.
+    ``workers`` (CPU): threads that decode and resize chunks of prompts side by side, each with one
+    intra-op thread (default ``torch.get_num_threads()``; 1: torch's own threads, as for one prompt).
+    It changes speed, never the result (see :class:`PromptWorkers`).
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class MaskGenerator:
         runtime: str = "torch",
         precision: str = "fp32",
         calibration: list | str | None = None,
+        workers: int | None = None,
     ) -> None:
         if isinstance(model, SamPredictor):
             if (runtime, precision, calibration) != ("torch", "fp32", None):
@@ -156,6 +162,8 @@ class MaskGenerator:
                     raise ValueError("point_grids must be (N, 2) arrays of (x, y) in [0, 1]")
         _check_int("points_per_batch", points_per_batch, 1)
         _check_int("min_mask_region_area", min_mask_region_area, 0)
+        if workers is not None:
+            _check_int("workers", workers, 1)
         for name, value in [
             ("pred_iou_thresh", pred_iou_thresh),
             ("stability_score_thresh", stability_score_thresh),
@@ -184,6 +192,8 @@ class MaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.sampling = sampling
+        self.workers = workers
+        self._workers: PromptWorkers | None = None  # set while ``generate_candidates`` runs
         self.points_decoded = 0  # prompts the last ``generate`` ran through the decoder
 
     @property
@@ -209,7 +219,13 @@ class MaskGenerator:
         """The kept masks, before small-region cleanup and record formatting."""
         size = image.shape[:2]
         boxes, layers = crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
-        masks = MaskCandidates.cat([self._process_crop(image, box, layer) for box, layer in zip(boxes, layers)])
+        workers = self.workers or torch.get_num_threads()
+        try:
+            with PromptWorkers(workers if self.predictor.device.type == "cpu" else 1) as self._workers:
+                crops = [self._process_crop(image, box, layer) for box, layer in zip(boxes, layers)]
+        finally:
+            self._workers = None
+        masks = MaskCandidates.cat(crops)
         if len(boxes) > 1 and len(masks):  # duplicates between crops: prefer masks from smaller crops
             masks = masks.take(nms(masks.boxes, crop_nms_scores(masks.crop_boxes), self.crop_nms_thresh))
         return masks
@@ -268,17 +284,21 @@ class MaskGenerator:
         coords = torch.as_tensor(coords, device=device)[:, None, :]
         labels = torch.ones(len(points), 1, dtype=torch.int, device=device)
         self.points_decoded += len(points)
-        iou_preds, low_res = [], []
-        for i in range(0, len(points), DECODER_CHUNK):
-            iou, logits = self._decode(coords[i : i + DECODER_CHUNK], labels[i : i + DECODER_CHUNK])
-            iou_preds.append(iou)
-            low_res.append(logits)
-        iou_preds, low_res = torch.cat(iou_preds).flatten(), torch.cat(low_res)
+        embedding, side = predictor.get_image_embedding(), predictor.decoder_image_side()
+        decoded = self._workers.map(
+            lambda i: self._decode(embedding, side, coords[i : i + DECODER_CHUNK], labels[i : i + DECODER_CHUNK]),
+            range(0, len(points), DECODER_CHUNK),
+        )
+        iou_preds = torch.cat([iou for iou, _ in decoded]).flatten()
+        low_res = torch.cat([logits for _, logits in decoded])
         keep = self._passes_iou(iou_preds)
         point_index = torch.arange(len(points)).repeat_interleave(3)[keep.cpu()]
+        pieces = self._workers.map(
+            lambda start: self._resize_and_filter(low_res[start : start + RESIZE_CHUNK], crop_box, image_size),
+            range(0, len(low_res), RESIZE_CHUNK),
+        )
         index, stability, boxes, rles = [], [], [], []
-        for start in range(0, len(low_res), RESIZE_CHUNK):
-            kept, score, box, rle = self._resize_and_filter(low_res[start : start + RESIZE_CHUNK], crop_box, image_size)
+        for start, (kept, score, box, rle) in zip(range(0, len(low_res), RESIZE_CHUNK), pieces):
             index.append(kept + start)
             stability.append(score)
             boxes.append(box)
@@ -295,12 +315,14 @@ class MaskGenerator:
             rles=rles,
         )
 
-    def _decode(self, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, embedding: torch.Tensor, side: ImageSide, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """IoU predictions (B, 3) of the multimask outputs and low-res logits (M, rows, cols) of those passing,
         only the part ``postprocess_masks`` reads (``model.low_res_extent``)."""
         model = self.model
         predictor = self.predictor
-        state = model.attend(predictor.get_image_embedding(), coords, labels, image_side=predictor.decoder_image_side())
+        state = model.attend(embedding, coords, labels, image_side=side)
         iou_preds = model.mask_decoder.predict_iou(state)[:, 1:]
         keep = self._passes_iou(iou_preds)
         prompts = keep.any(dim=1).nonzero().flatten()
