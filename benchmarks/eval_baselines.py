@@ -4,7 +4,7 @@
 
 Runs ``evitsam.evaluation.evaluate`` with the test oracles (``tests/oracles.py``): the ground-truth
 mask (must give 100), the box-filled mask as pycocotools rasterises a box, and the mask of every
-pixel the box touches (the "box-filled baseline" of the bundled-model issue). The tests prove the
+pixel the box touches (the "box-filled baseline" of the model card). The tests prove the
 oracle numbers equal independent pycocotools computations; this prints them as a table.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the deployment issue, as one call on a lent GPU machine (the `device` tool), which
+# The GPU throughput checks as one call on a GPU machine, which
 # starts bare: Python 3.12 with PyTorch, no pycocotools, no official EfficientViT-SAM code, no data.
 #
 #   bash benchmarks/gpu_session.sh --prepare DATA  # here, once per checkout: wheels + photos into .gpu/ (ignored);

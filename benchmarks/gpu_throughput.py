@@ -14,7 +14,7 @@ official alternate every repeat; images/s = batch / median seconds per batch. Ac
 of an embedding with our fp32 one, and whether every value is finite (the official fp16 encoder is known
 to overflow). Then, per reduced precision, what a user gets from ``SamPredictor(precision=...)`` on the same
 device: embedding cosine and mask IoU with the fp32 predictor on ``--mask-photos`` real ``coco_subset`` photos
-(a box and a point per object, as ``runtimes.py`` measures the CPU paths; the issue's bar: cosine >= 0.99,
+(a box and a point per object, as ``runtimes.py`` measures the CPU paths; the bar: cosine >= 0.99,
 IoU >= 0.95). ``--device cpu --batch 2 --precisions fp32 bf16`` checks the script on a CPU;
 ``benchmarks/gpu_session.sh`` runs it on a lent GPU machine.
 """

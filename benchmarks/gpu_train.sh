@@ -2,7 +2,7 @@
 # Train the bundled `nano` model on one GPU in a single time-boxed call (about 9 minutes in all), from the
 # shipped weights: generate scenes with every core, train with data workers and bf16 autocast until the time
 # box, write fp16 weights and the training log to $OUT. Back on a CPU, `benchmarks/model_card.py --checkpoint
-# $OUT/model.safetensors` measures the result against the shipped model (MODEL_CARD.md says when to ship it).
+# $OUT/model.safetensors` measures the result against the shipped model (docs/model_card.md says when to ship it).
 #
 #   bash benchmarks/gpu_train.sh --prepare COCO_TRAIN_DIR   # once, with network: COCO *train* photos and a
 #                                                           # pycocotools wheel for Python 3.12 into .gpu-train/

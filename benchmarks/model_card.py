@@ -1,4 +1,4 @@
-"""The measured quality and speed of a (bundled) model, as MODEL_CARD.md reports them.
+"""The measured quality and speed of a (bundled) model, as docs/model_card.md reports them.
 
     python benchmarks/model_card.py [--checkpoint PATH] [--heldout DIR] [--data DIR]
 

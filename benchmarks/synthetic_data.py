@@ -1,5 +1,5 @@
 """Synthetic training data: generation speed (images/s) with and without real photos, by worker count,
-and (``--example``) the README picture: scenes next to their masks.
+and (``--example``) the picture in docs/training.md: scenes next to their masks.
 
 There is no reference generator to compare with; the table reports our throughput and what the
 scenes contain (annotations per image). Every run writes into a fresh temporary folder.

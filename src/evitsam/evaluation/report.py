@@ -37,7 +37,7 @@ def summary_line(results: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    """A Markdown table of the run, ready to paste into a README or an issue."""
+    """A Markdown table of the run, ready to paste into a README or a report."""
     model = f"{results['model']} | " if "model" in results else ""
     model_head = "model | " if model else ""
     if "miou" in results:
