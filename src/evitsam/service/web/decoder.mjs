@@ -1,0 +1,186 @@
+// Masks decoded in the page: the image embedding from the server, the decoder run by onnxruntime-web (WASM),
+// low-res logits scaled to the image here (the model's post-processing: two bilinear resizes composed per axis).
+
+const PROMPT_FRAME = 1024; // prompts and the intermediate mask frame: the long side is 1024
+
+/** The ``.npy`` bytes of GET /v1/images/{id}/embedding -> {shape, data: Float32Array}. */
+export function parseNpy(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const major = bytes[6];
+  const view = new DataView(buffer);
+  const headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const start = (major === 1 ? 10 : 12) + headerLength;
+  const header = new TextDecoder().decode(bytes.subarray(major === 1 ? 10 : 12, start));
+  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (descr === "<f4") return { shape, data: new Float32Array(buffer.slice(start, start + 4 * count)) };
+  if (descr !== "<f2") throw new Error(`unexpected embedding dtype ${descr}`);
+  const halves = new Uint16Array(buffer.slice(start, start + 2 * count));
+  const data = new Float32Array(count);
+  for (let i = 0; i < count; i++) data[i] = halfToFloat(halves[i]);
+  return { shape, data };
+}
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+/** (out, in) weights of PyTorch's bilinear resize (align_corners=False) along one axis: two taps per output. */
+function bilinear(inSize, outSize) {
+  const f = Math.fround;
+  const scale = f(inSize / outSize);
+  const taps = [];
+  for (let o = 0; o < outSize; o++) {
+    const src = Math.max(0, f(f(scale * f(o + 0.5)) - 0.5));
+    const i0 = Math.floor(src);
+    const frac = Math.min(1, Math.max(0, f(src - i0)));
+    const i1 = i0 < inSize - 1 ? i0 + 1 : i0;
+    taps.push([[i0, 1 - frac], [i1, frac]]);
+  }
+  return taps;
+}
+
+/** One axis of low-res -> 1024 frame -> crop to ``input`` -> ``original``, as sparse rows {index, weight}. */
+export function resizeAxis(low, input, original) {
+  const first = bilinear(low, PROMPT_FRAME);
+  const second = bilinear(input, original);
+  const index = new Int32Array(original * 4);
+  const weight = new Float32Array(original * 4);
+  for (let o = 0; o < original; o++) {
+    const sums = new Map();
+    for (const [j, wj] of second[o]) {
+      for (const [k, wk] of first[j]) sums.set(k, (sums.get(k) || 0) + wj * wk);
+    }
+    let n = 0;
+    for (const [k, w] of sums) {
+      index[o * 4 + n] = k;
+      weight[o * 4 + n] = w;
+      n++;
+    }
+  }
+  return { index, weight };
+}
+
+/** Low-res logits (low x low, one mask) -> row-major Uint8Array mask at the original size (logits > threshold). */
+export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0) {
+  let maxRow = 0;
+  for (let i = 0; i < rows.index.length; i++) if (rows.weight[i] !== 0 && rows.index[i] > maxRow) maxRow = rows.index[i];
+  const temp = new Float32Array((maxRow + 1) * width); // the low-res rows the output reads, columns resized
+  for (let r = 0; r <= maxRow; r++) {
+    const src = r * low;
+    const dst = r * width;
+    for (let x = 0; x < width; x++) {
+      const c = x * 4;
+      temp[dst + x] =
+        cols.weight[c] * logits[src + cols.index[c]] +
+        cols.weight[c + 1] * logits[src + cols.index[c + 1]] +
+        cols.weight[c + 2] * logits[src + cols.index[c + 2]] +
+        cols.weight[c + 3] * logits[src + cols.index[c + 3]];
+    }
+  }
+  const mask = new Uint8Array(height * width);
+  for (let y = 0; y < height; y++) {
+    const r = y * 4;
+    const w0 = rows.weight[r], w1 = rows.weight[r + 1], w2 = rows.weight[r + 2], w3 = rows.weight[r + 3];
+    const a0 = rows.index[r] * width, a1 = rows.index[r + 1] * width;
+    const a2 = rows.index[r + 2] * width, a3 = rows.index[r + 3] * width;
+    const out = y * width;
+    for (let x = 0; x < width; x++) {
+      const v = w0 * temp[a0 + x] + w1 * temp[a1 + x] + w2 * temp[a2 + x] + w3 * temp[a3 + x];
+      mask[out + x] = v > threshold ? 1 : 0;
+    }
+  }
+  return mask;
+}
+
+/** SamPredictor's choice: one click alone is ambiguous (best of the three multimask outputs), else token 0. */
+export function usesMultimask(prompt) {
+  return prompt.points.length === 1 && !prompt.box && !prompt.maskInput;
+}
+
+export class PageDecoder {
+  /** Load onnxruntime-web and the decoder graph; throws (with a reason) when WebAssembly or the model cannot load. */
+  static async load(decoderUrl, headers, threads) {
+    if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
+    const ort = await import("./vendor/ort.wasm.min.mjs");
+    ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
+    ort.env.wasm.numThreads = threads;
+    ort.env.wasm.simd = true;
+    const response = await fetch(decoderUrl, { headers });
+    if (!response.ok) throw new Error(`the decoder model did not load (HTTP ${response.status})`);
+    const model = new Uint8Array(await response.arrayBuffer());
+    const session = await ort.InferenceSession.create(model, {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+    });
+    return new PageDecoder(ort, session, threads);
+  }
+
+  constructor(ort, session, threads) {
+    this.ort = ort;
+    this.session = session;
+    this.threads = threads;
+  }
+
+  /** Use this image: its embedding and sizes (from the embedding response's headers). */
+  setImage(embedding, inputSize, originalSize, low) {
+    this.embedding = new this.ort.Tensor("float32", embedding.data, embedding.shape);
+    this.inputSize = inputSize;
+    this.originalSize = originalSize;
+    this.low = low;
+    this.rows = resizeAxis(low, inputSize[0], originalSize[0]);
+    this.cols = resizeAxis(low, inputSize[1], originalSize[1]);
+    this.noMask = new this.ort.Tensor("float32", new Float32Array(low * low), [1, 1, low, low]);
+  }
+
+  /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
+   * pixels -> {mask (Uint8Array HxW), score, lowRes (Float32Array, this mask's logits, for the next prompt)}. */
+  async decode(prompt, threshold = 0) {
+    const [h, w] = this.originalSize;
+    const sy = this.inputSize[0] / h;
+    const sx = this.inputSize[1] / w;
+    const coords = [];
+    const labels = [];
+    for (const [x, y, label] of prompt.points) {
+      coords.push(x * sx, y * sy);
+      labels.push(label);
+    }
+    if (prompt.box) {
+      const [x0, y0, x1, y1] = prompt.box;
+      coords.push(x0 * sx, y0 * sy, x1 * sx, y1 * sy);
+      labels.push(2, 3);
+    } else {
+      coords.push(0, 0);
+      labels.push(-1);
+    }
+    const n = labels.length;
+    const low = this.low;
+    const feeds = {
+      image_embeddings: this.embedding,
+      point_coords: new this.ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
+      point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
+      mask_input: prompt.maskInput ? new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]) : this.noMask,
+      has_mask_input: new this.ort.Tensor("float32", Float32Array.of(prompt.maskInput ? 1 : 0), [1]),
+    };
+    const t0 = performance.now();
+    const out = await this.session.run(feeds);
+    const t1 = performance.now();
+    const scores = out.iou_predictions.data;
+    let best = 0;
+    if (usesMultimask(prompt)) {
+      best = 1;
+      for (let i = 2; i < 4; i++) if (scores[i] > scores[best]) best = i;
+    }
+    const plane = low * low;
+    const lowRes = out.low_res_masks.data.slice(best * plane, (best + 1) * plane);
+    const mask = upscaleMask(lowRes, low, this.rows, this.cols, h, w, threshold);
+    const t2 = performance.now();
+    return { mask, score: scores[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
+  }
+}
