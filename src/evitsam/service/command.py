@@ -71,7 +71,7 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level (info logs every request).")] = "warning",
 ) -> None:
-    """Serve the model over HTTP: the annotation web app (/), a REST API (/v1, docs at /docs), a Label Studio ML backend."""
+    """Serve the model over HTTP: an annotation web app (/), a REST API (/v1, /docs), a Label Studio ML backend."""
     try:
         import torch
         import uvicorn

@@ -98,18 +98,22 @@ async function showImage(info, url) {
   state.image = { id: info.image_id, name: info.name, width: info.width, height: info.height, index: info.index };
   Object.assign(state, { points: [], box: null, current: null, steps: [], objects: [], selected: null, everything: [], undo: [], redo: [] });
   const img = $("image");
-  await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = () => reject(new Error("The browser cannot display this image file.")); img.src = url; });
+  const shown = new Promise((resolve, reject) => { img.onload = resolve; img.onerror = () => reject(new Error("The browser cannot display this image file.")); img.src = url; });
+  const embedded = (async () => { // fetched while the browser decodes the photo
+    await state.decoderReady;
+    if (!state.decoder) return;
+    const response = await busy("Loading the embedding", () => request(`/v1/images/${info.image_id}/embedding?dtype=float16`));
+    const header = (name) => response.headers.get(name).split(",").map(Number);
+    const embedding = parseNpy(await response.arrayBuffer());
+    if (state.image.id !== info.image_id) return; // another image was opened meanwhile
+    state.decoder.setImage(embedding, header("X-Input-Size"), header("X-Original-Size"), state.config.low_res_size);
+  })();
+  await shown;
   $("drop").hidden = true;
   $("view").hidden = false;
   sizeCanvases(info.width, info.height);
   renderAll();
-  await state.decoderReady;
-  if (state.decoder) {
-    const response = await busy("Loading the embedding", () => request(`/v1/images/${info.image_id}/embedding?dtype=float16`));
-    const header = (name) => response.headers.get(name).split(",").map(Number);
-    const embedding = parseNpy(await response.arrayBuffer());
-    state.decoder.setImage(embedding, header("X-Input-Size"), header("X-Original-Size"), state.config.low_res_size);
-  }
+  await embedded;
   state.image.readyMs = performance.now() - started;
   showStatus();
 }
@@ -303,7 +307,7 @@ async function exportAs(kind) {
 // ------------------------------------------------------------------------------------------ rendering
 function renderMask() {
   const shown = state.current || state.hoverMask;
-  paintMasks("mask-layer", shown ? [{ mask: shown.mask, color: [30, 144, 255] }] : []);
+  paintMasks("mask-layer", shown ? [{ mask: shown.mask, bbox: shown.bbox, color: [30, 144, 255] }] : []);
   const score = shown ? ` · score ${shown.score.toFixed(3)}${shown.ms !== undefined ? ` · ${shown.ms.toFixed(0)} ms` : ""}` : "";
   $("position").dataset.score = score;
   if (state.image) status(`${state.decoderNote} · ${state.image.name}${score}`);

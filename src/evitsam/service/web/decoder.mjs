@@ -18,9 +18,12 @@ export function parseNpy(buffer) {
   if (descr !== "<f2") throw new Error(`unexpected embedding dtype ${descr}`);
   const halves = new Uint16Array(buffer.slice(start, start + 2 * count));
   const data = new Float32Array(count);
-  for (let i = 0; i < count; i++) data[i] = halfToFloat(halves[i]);
+  halfTable ||= Float32Array.from({ length: 65536 }, (_, h) => halfToFloat(h));
+  for (let i = 0; i < count; i++) data[i] = halfTable[halves[i]];
   return { shape, data };
 }
+
+let halfTable = null;
 
 function halfToFloat(h) {
   const sign = h & 0x8000 ? -1 : 1;
@@ -67,36 +70,80 @@ export function resizeAxis(low, input, original) {
   return { index, weight };
 }
 
-/** Low-res logits (low x low, one mask) -> row-major Uint8Array mask at the original size (logits > threshold). */
+/** Runs of consecutive outputs that read the same low-res inputs: [first, end, lowest input, highest input]. */
+function readGroups(axis, size) {
+  const groups = [];
+  for (let o = 0; o < size; o++) {
+    let lo = Infinity;
+    let hi = -1;
+    for (let k = 0; k < 4; k++) {
+      if (axis.weight[o * 4 + k] !== 0) {
+        lo = Math.min(lo, axis.index[o * 4 + k]);
+        hi = Math.max(hi, axis.index[o * 4 + k]);
+      }
+    }
+    const last = groups[groups.length - 1];
+    if (last && last[2] === lo && last[3] === hi) last[1] = o + 1;
+    else groups.push([o, o + 1, lo, hi]);
+  }
+  return groups;
+}
+
+/** Low-res logits (low x low, one mask) -> {mask: row-major Uint8Array at the original size (logits > threshold),
+ * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
+ * logits: blocks whose inputs all lie on one side of the threshold are filled without computing them. */
 export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0) {
-  let maxRow = 0;
-  for (let i = 0; i < rows.index.length; i++) if (rows.weight[i] !== 0 && rows.index[i] > maxRow) maxRow = rows.index[i];
-  const temp = new Float32Array((maxRow + 1) * width); // the low-res rows the output reads, columns resized
-  for (let r = 0; r <= maxRow; r++) {
-    const src = r * low;
-    const dst = r * width;
-    for (let x = 0; x < width; x++) {
-      const c = x * 4;
-      temp[dst + x] =
-        cols.weight[c] * logits[src + cols.index[c]] +
-        cols.weight[c + 1] * logits[src + cols.index[c + 1]] +
-        cols.weight[c + 2] * logits[src + cols.index[c + 2]] +
-        cols.weight[c + 3] * logits[src + cols.index[c + 3]];
-    }
-  }
+  rows.groups ||= readGroups(rows, height);
+  cols.groups ||= readGroups(cols, width);
   const mask = new Uint8Array(height * width);
-  for (let y = 0; y < height; y++) {
-    const r = y * 4;
-    const w0 = rows.weight[r], w1 = rows.weight[r + 1], w2 = rows.weight[r + 2], w3 = rows.weight[r + 3];
-    const a0 = rows.index[r] * width, a1 = rows.index[r + 1] * width;
-    const a2 = rows.index[r + 2] * width, a3 = rows.index[r + 3] * width;
-    const out = y * width;
-    for (let x = 0; x < width; x++) {
-      const v = w0 * temp[a0 + x] + w1 * temp[a1 + x] + w2 * temp[a2 + x] + w3 * temp[a3 + x];
-      mask[out + x] = v > threshold ? 1 : 0;
+  const bbox = [width, height, 0, 0];
+  for (const [y0, y1, r0, r1] of rows.groups) {
+    for (const [x0, x1, c0, c1] of cols.groups) {
+      let min = Infinity;
+      let max = -Infinity;
+      for (let r = r0; r <= r1; r++) {
+        for (let c = c0; c <= c1; c++) {
+          const v = logits[r * low + c];
+          if (v < min) min = v;
+          if (v > max) max = v;
+        }
+      }
+      if (max <= threshold) continue;
+      let any = false;
+      for (let y = y0; y < y1; y++) {
+        const out = y * width;
+        if (min > threshold) {
+          mask.fill(1, out + x0, out + x1);
+          any = true;
+          continue;
+        }
+        const ry = y * 4;
+        for (let x = x0; x < x1; x++) {
+          const cx = x * 4;
+          let v = 0;
+          for (let i = 0; i < 4; i++) {
+            const wr = rows.weight[ry + i];
+            if (wr === 0) continue;
+            const src = rows.index[ry + i] * low;
+            let sum = 0;
+            for (let j = 0; j < 4; j++) sum += cols.weight[cx + j] * logits[src + cols.index[cx + j]];
+            v += wr * sum;
+          }
+          if (v > threshold) {
+            mask[out + x] = 1;
+            any = true;
+          }
+        }
+      }
+      if (any) {
+        bbox[0] = Math.min(bbox[0], x0);
+        bbox[1] = Math.min(bbox[1], y0);
+        bbox[2] = Math.max(bbox[2], x1);
+        bbox[3] = Math.max(bbox[3], y1);
+      }
     }
   }
-  return mask;
+  return { mask, bbox };
 }
 
 /** SamPredictor's choice: one click alone is ambiguous (best of the three multimask outputs), else token 0. */
@@ -179,8 +226,8 @@ export class PageDecoder {
     }
     const plane = low * low;
     const lowRes = out.low_res_masks.data.slice(best * plane, (best + 1) * plane);
-    const mask = upscaleMask(lowRes, low, this.rows, this.cols, h, w, threshold);
+    const { mask, bbox } = upscaleMask(lowRes, low, this.rows, this.cols, h, w, threshold);
     const t2 = performance.now();
-    return { mask, score: scores[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
+    return { mask, bbox, score: scores[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
   }
 }

@@ -14,32 +14,36 @@ export function sizeCanvases(width, height) {
   document.getElementById("prompts-layer").setAttribute("viewBox", `0 0 ${width} ${height}`);
 }
 
-/** Paint masks (row-major Uint8Array, each with an [r, g, b] colour) onto a canvas, with their outlines. */
+/** Paint masks (row-major Uint8Array, each with an [r, g, b] colour and optionally the [x0, y0, x1, y1) box that
+ * holds its pixels) onto a canvas, with their outlines; only the masks' boxes are written. */
 export function paintMasks(canvasId, masks, alpha = 110) {
   const canvas = document.getElementById(canvasId);
   const context = canvas.getContext("2d");
   const { width, height } = canvas;
-  if (!masks.length) {
-    context.clearRect(0, 0, width, height);
-    return;
-  }
-  const image = context.createImageData(width, height);
+  context.clearRect(0, 0, width, height);
+  const boxes = masks.map((m) => m.bbox || [0, 0, width, height]);
+  if (!masks.length || boxes.every((b) => b[2] <= b[0])) return;
+  const [bx0, by0] = [Math.min(...boxes.map((b) => b[0])), Math.min(...boxes.map((b) => b[1]))];
+  const [bx1, by1] = [Math.max(...boxes.map((b) => b[2])), Math.max(...boxes.map((b) => b[3]))];
+  const w = bx1 - bx0;
+  const image = context.createImageData(w, by1 - by0);
   const pixels = new Uint32Array(image.data.buffer);
-  for (const { mask, color } of masks) {
+  masks.forEach(({ mask, color }, n) => {
     const fill = (alpha << 24) | (color[2] << 16) | (color[1] << 8) | color[0];
     const edge = (255 << 24) | (color[2] << 16) | (color[1] << 8) | color[0];
-    for (let y = 0; y < height; y++) {
+    const [x0, y0, x1, y1] = boxes[n];
+    for (let y = y0; y < y1; y++) {
       const row = y * width;
-      for (let x = 0; x < width; x++) {
+      for (let x = x0; x < x1; x++) {
         const i = row + x;
         if (!mask[i]) continue;
         const border = x === 0 || y === 0 || x === width - 1 || y === height - 1 ||
           !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
-        pixels[i] = border ? edge : fill;
+        pixels[(y - by0) * w + x - bx0] = border ? edge : fill;
       }
     }
-  }
-  context.putImageData(image, 0, 0);
+  });
+  context.putImageData(image, bx0, by0);
 }
 
 /** Points (green positive, red negative) and the box, in image pixels. */
