@@ -12,12 +12,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import playwright.sync_api as playwright_api
 import pytest
 from pycocotools.coco import COCO
 from service_helpers import decode_coco
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Server, iou
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (test extra)")
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 IDLE = "window.evitsam.idle()"
