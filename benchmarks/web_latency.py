@@ -7,6 +7,7 @@ onnxruntime-web thread count, in the same page and the same onnxruntime-web (WAS
 - ``ours``: the page's decode of a hover/click (the decoder graph, then the low-res logits scaled to the photo);
 - ``sam``: SAM's own ViT-B decoder as SAM's ``scripts/export_onnx_model.py`` exports it
   (``SamOnnxModel(return_single_mask=True)``, random weights; masks at the photo's size, thresholded);
+- ``full``: the served model's decoder as SAM's full-size single-mask graph (``export_decoder``), for comparison;
 - ``server``: the round trip of ``POST /v1/predict`` from the page;
 p50 and p95 over ``--events`` prompts (alternately one point, and two points with the previous mask fed back),
 and the time from opening a new image to its first mask next to the server's ``set_image`` time.
@@ -43,10 +44,12 @@ CHROMIUM_ARGS = [
 ]
 
 # Runs in the page: `events` prompts through the page's decoder, SAM's exported decoder and /v1/predict.
-MEASURE = """async ({events, samUrl}) => {
+MEASURE = """async ({events, samUrl, fullUrl}) => {
   const app = window.evitsam, state = app.state, decoder = state.decoder;
   const ort = await import("/web/vendor/ort.wasm.min.mjs");  // the page's own onnxruntime-web instance
   const sam = await ort.InferenceSession.create(new Uint8Array(await (await fetch(samUrl)).arrayBuffer()),
+    {executionProviders: ["wasm"], graphOptimizationLevel: "all"});
+  const full = await ort.InferenceSession.create(new Uint8Array(await (await fetch(fullUrl)).arrayBuffer()),
     {executionProviders: ["wasm"], graphOptimizationLevel: "all"});
   const {width, height} = state.image;
   const scale = 1024 / Math.max(width, height);
@@ -56,7 +59,7 @@ MEASURE = """async ({events, samUrl}) => {
   const size = new ort.Tensor("float32", Float32Array.of(height, width), [2]);
   const points = Array.from({length: events},
     (_, i) => [(0.1 + 0.8 * ((i * 0.618) % 1)) * width, (0.1 + 0.8 * ((i * 0.382) % 1)) * height]);
-  const ours = [], samTimes = [], server = [];
+  const ours = [], samTimes = [], fullTimes = [], server = [];
   let previous = null;
   for (let i = 0; i < events; i++) {
     const [x, y] = points[i];
@@ -79,6 +82,16 @@ MEASURE = """async ({events, samUrl}) => {
     const logits = out.masks.data, mask = new Uint8Array(logits.length);
     for (let k = 0; k < logits.length; k++) mask[k] = logits[k] > 0 ? 1 : 0;
     samTimes.push(performance.now() - t);
+    const low = state.config.low_res_size, frame = decoder.inputSize[1] / width;
+    t = performance.now();
+    const fullOut = await full.run({image_embeddings: decoder.embedding,
+      point_coords: new ort.Tensor("float32", Float32Array.from(coords.map((v) => v / scale * frame)), [1, n, 2]),
+      point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
+      mask_input: click ? new ort.Tensor("float32", previous.lowRes, [1, 1, low, low]) : decoder.noMask,
+      has_mask_input: new ort.Tensor("float32", Float32Array.of(click ? 1 : 0), [1]), orig_im_size: size});
+    const fullLogits = fullOut.masks.data, fullMask = new Uint8Array(fullLogits.length);
+    for (let k = 0; k < fullLogits.length; k++) fullMask[k] = fullLogits[k] > 0 ? 1 : 0;
+    fullTimes.push(performance.now() - t);
   }
   for (let i = 0; i < events; i++) {
     const [x, y] = points[i];
@@ -88,7 +101,7 @@ MEASURE = """async ({events, samUrl}) => {
     await response.json();
     server.push(performance.now() - t);
   }
-  return {ours, sam: samTimes, server, threads: decoder.threads, samOutput: [height, width]};
+  return {ours, sam: samTimes, full: fullTimes, server, threads: decoder.threads, samOutput: [height, width]};
 }"""
 
 FIRST_MASK = """async ({index, x, y}) => {
@@ -137,15 +150,21 @@ def export_sam_decoder(path: Path) -> Path:
     return path
 
 
-def model_options(name: str, folder: Path) -> list[str]:
-    if name == "nano":
-        return []
-    from evitsam import build_model
+def model_options(name: str, folder: Path) -> tuple[list[str], Path]:
+    """The served model's options, and its decoder as SAM's full-size single-mask graph (``export_decoder``)."""
+    from evitsam import build_model, load_model
+    from evitsam.export.onnx_export import export_decoder
 
+    full = folder / f"{name}-full.onnx"
+    if name == "nano":
+        export_decoder(load_model(None), full, single_mask=True)
+        return [], full
     path = folder / f"{name}-random.pt"
     torch.manual_seed(0)
-    torch.save(build_model(name).state_dict(), path)
-    return ["--checkpoint", str(path), "--variant", name]
+    model = build_model(name).eval()
+    torch.save(model.state_dict(), path)
+    export_decoder(model, full, single_mask=True)
+    return ["--checkpoint", str(path), "--variant", name], full
 
 
 def start_server(options: list[str], images: Path) -> tuple[subprocess.Popen, str]:
@@ -202,24 +221,28 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             for name in args.models:
-                process, base = start_server(model_options(name, tmp), images)
+                options, full_path = model_options(name, tmp)
+                process, base = start_server(options, images)
                 try:
                     for n, threads in enumerate(args.threads):
                         page = browser.new_page(viewport={"width": 1400, "height": 900})
                         page.route("**/bench/sam.onnx", lambda route: route.fulfill(path=str(sam_path)))
+                        page.route("**/bench/full.onnx", lambda route, path=full_path: route.fulfill(path=str(path)))
                         page.goto(f"{base}/?index=0&threads={threads}")
                         page.wait_for_function("window.evitsam && window.evitsam.ready", timeout=300_000)
                         page.wait_for_function("window.evitsam.state.image && window.evitsam.state.image.readyMs")
-                        result = page.evaluate(MEASURE, {"events": args.events, "samUrl": "/bench/sam.onnx"})
+                        urls = {"samUrl": "/bench/sam.onnx", "fullUrl": "/bench/full.onnx"}
+                        result = page.evaluate(MEASURE, {"events": args.events, **urls})
                         before = encoder_seconds(base)
                         image = page.evaluate("window.evitsam.state.image")
                         point = {"x": image["width"] * 0.4, "y": image["height"] * 0.5}
                         first = page.evaluate(FIRST_MASK, {"index": 1 + n, **point})
                         set_image = (encoder_seconds(base) - before) * 1000
-                        ours, sam, server = (percentiles(result[k]) for k in ("ours", "sam", "server"))
+                        ours, sam, full, server = (percentiles(result[k]) for k in ("ours", "sam", "full", "server"))
                         print(
                             f"{name:5s} threads {threads}: ours {ours[0]:6.1f} / {ours[1]:6.1f}  "
                             f"SAM export {sam[0]:6.1f} / {sam[1]:6.1f}  ratio {ours[0] / sam[0]:.2f}x  "
+                            f"ours full-size graph {full[0]:6.1f} / {full[1]:6.1f} ({full[0] / sam[0]:.2f}x)  "
                             f"server /v1/predict {server[0]:6.1f} / {server[1]:6.1f}  "
                             f"first mask {first['first']:.0f} ms = set_image {set_image:.0f} ms "
                             f"+ {first['first'] - set_image:.0f} ms (output {'x'.join(map(str, result['samOutput']))})",

@@ -101,26 +101,48 @@ def test_page_loads_without_the_token_the_api_needs(service):
     assert client.get("/v1/web/config", headers={"Authorization": "Bearer secret"}).status_code == 200
 
 
-def test_browser_decoder_computes_the_predictors_low_res_masks(client, service, shared_data):
+def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, shared_data):
+    """The page's graphs (image side once, then prompts; the whole decoder for a mask prompt) give the
+    predictor's own low-res masks and scores."""
     config = client.get("/v1/web/config").json()
     assert config["low_res_size"] == service.model.low_res_size and config["folder"]["name"] == "photos"
-    session = ort.InferenceSession(client.get(config["decoder"]).content, providers=["CPUExecutionProvider"])
+    sessions = {
+        name: ort.InferenceSession(client.get(url).content, providers=["CPUExecutionProvider"])
+        for name, url in config["graphs"].items()
+    }
+    assert_error(client.get("/v1/web/encoder.onnx"), 404, "name")
     predictor = service.predictor
     predictor.set_image(read_image(shared_data / "images" / "dog.jpg"))
-    point = np.array([[300.0, 400.0]])
-    _, scores, low_res = predictor.predict(point, np.array([1]), multimask_output=True)
-    frame = predictor.transform.apply_coords(point, predictor.original_size)
-    side = service.model.low_res_size
-    feeds = {
-        "image_embeddings": predictor.get_image_embedding().float().numpy(),
+    points = np.array([[300.0, 400.0], [560.0, 230.0]])
+    frame = predictor.transform.apply_coords(points, predictor.original_size)
+    embedding = predictor.get_image_embedding().float().numpy()
+    side = dict(
+        zip(
+            [o.name for o in sessions["image"].get_outputs()],
+            sessions["image"].run(None, {"image_embeddings": embedding}),
+        )
+    )
+    one_click = {
         "point_coords": np.array([[frame[0], [0, 0]]], np.float32),
         "point_labels": np.array([[1, -1]], np.float32),
-        "mask_input": np.zeros((1, 1, side, side), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
     }
-    masks, iou = session.run(["low_res_masks", "iou_predictions"], feeds)
+    masks, iou = sessions["prompt"].run(["low_res_masks", "iou_predictions"], {**side, **one_click})
+    _, scores, low_res = predictor.predict(points[:1], np.array([1]), multimask_output=True)
     np.testing.assert_allclose(iou[0, 1:], scores, atol=1e-4)  # tokens 1..3: the multimask outputs
     np.testing.assert_allclose(masks[0, 1:], low_res, atol=1e-3)
+
+    best = low_res[np.argmax(scores)][None, None].astype(np.float32)
+    refine = {
+        "image_embeddings": embedding,
+        "point_coords": np.array([[frame[0], frame[1], [0, 0]]], np.float32),
+        "point_labels": np.array([[1, 0, -1]], np.float32),
+        "mask_input": best,
+        "has_mask_input": np.ones(1, np.float32),
+    }
+    masks, iou = sessions["decoder"].run(["low_res_masks", "iou_predictions"], refine)
+    _, scores, low_res = predictor.predict(points, np.array([1, 0]), mask_input=best[0], multimask_output=False)
+    np.testing.assert_allclose(iou[0, :1], scores, atol=1e-4)  # token 0: the single-mask output
+    np.testing.assert_allclose(masks[0, :1], low_res, atol=1e-3)
     predictor.reset_image()
 
 

@@ -119,6 +119,14 @@ def serve(
         f"{info['precision']}) at http://{shown}:{port}  (web app: /, API docs: /docs; Ctrl-C stops)",
         err=True,
     )
+    if config.images is not None:
+        from .webapp import default_db, folder_images
+
+        typer.echo(
+            f"evitsam serve: folder mode, {len(folder_images(config.images))} images in {config.images}; "
+            f"accepted objects saved to {config.db or default_db(config.images)}",
+            err=True,
+        )
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level))
     try:
         server.run()  # uvicorn shuts down on Ctrl-C, then raises it again as KeyboardInterrupt

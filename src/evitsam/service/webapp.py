@@ -115,14 +115,17 @@ def mount_web(app: FastAPI, service: Service) -> None:
             "model": service.info(),
             "low_res_size": model.low_res_size,
             "mask_threshold": float(model.mask_threshold),
-            "decoder": "/v1/web/decoder.onnx",
+            # the browser's graphs: the image side once per image, prompts without / with a mask prompt
+            "graphs": {name: f"/v1/web/{name}.onnx" for name in ("image", "prompt", "decoder")},
             "folder": None if store is None else {"name": config.images.name, "db": str(store.path)},
         }
 
-    @router.get("/web/decoder.onnx", tags=["web"], summary="The decoder the page runs (low-res masks, scores)")
-    async def decoder() -> FileResponse:
-        path = await service.run(web_decoder, service.model)
-        return FileResponse(path, media_type="application/octet-stream", headers={"Cache-Control": "no-cache"})
+    @router.get("/web/{name}.onnx", tags=["web"], summary="The decoder graphs the page runs (low-res masks, scores)")
+    async def decoder(name: str) -> FileResponse:
+        if name not in ("image", "prompt", "decoder"):
+            raise ApiError(404, "name", f"no graph {name!r}: expected image, prompt or decoder")
+        paths = await service.run(web_decoder, service.model)
+        return FileResponse(paths[name], media_type="application/octet-stream", headers={"Cache-Control": "no-cache"})
 
     if store is not None:
         add_folder_routes(router, service, store, config.images)

@@ -2,7 +2,8 @@
 import { ApiError, getJson, postJson, request } from "./api.mjs";
 import { PageDecoder, parseNpy, usesMultimask } from "./decoder.mjs";
 import { decodeMask, encodeMask, maskStats } from "./rle.mjs";
-import { COLORS, download, drawPrompts, maskBlob, overlayBlob, paintMasks, sizeCanvases } from "./view.mjs";
+import { exportAs as exportFiles } from "./export.mjs";
+import { COLORS, drawPrompts, paintMasks, sizeCanvases } from "./view.mjs";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -42,7 +43,7 @@ async function start() {
   } catch (error) { showError(error); return; }
   const threads = Number(params.get("threads")) || (crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
   state.decoderReady = (params.get("decoder") === "server" ? Promise.reject(new Error("the server decoder was asked for")) :
-    PageDecoder.load(state.config.decoder, authHeaders(), threads)).then(
+    PageDecoder.load(state.config.graphs, authHeaders(), threads)).then(
     (decoder) => { state.decoder = decoder; state.decoderNote = `masks decoded in this page (WebAssembly, ${threads} thread${threads > 1 ? "s" : ""})`; },
     (error) => { state.decoderNote = `masks decoded on the server (${error.message || error})`; });
   state.decoderReady.then(showStatus);
@@ -106,7 +107,7 @@ async function showImage(info, url) {
     const header = (name) => response.headers.get(name).split(",").map(Number);
     const embedding = parseNpy(await response.arrayBuffer());
     if (state.image.id !== info.image_id) return; // another image was opened meanwhile
-    state.decoder.setImage(embedding, header("X-Input-Size"), header("X-Original-Size"), state.config.low_res_size);
+    await state.decoder.setImage(embedding, header("X-Input-Size"), header("X-Original-Size"), state.config.low_res_size);
   })();
   await shown;
   $("drop").hidden = true;
@@ -127,7 +128,7 @@ function decodeCurrent(extraPoint = null) {
   const image = state.image;
   state.decodes++;
   const job = decodeChain.then(async () => {
-    if (!points.length && !box) return null;
+    if ((!points.length && !box) || !image.readyMs) return null; // nothing to decode, or the image is still loading
     const start = performance.now();
     const result = state.decoder ? await state.decoder.decode({ points, box, maskInput: previous ? previous.lowRes : null }, state.config.mask_threshold)
       : await serverDecode(points, box, previous);
@@ -272,38 +273,6 @@ async function segmentEverything() {
   } catch (error) { showError(error); }
 }
 
-// ------------------------------------------------------------------------------------------ export
-function cocoDocument() {
-  const { width, height, name } = state.image;
-  const labels = [...new Set(state.objects.map((o) => o.label))].sort();
-  return {
-    images: [{ id: 1, file_name: name, width, height }],
-    categories: labels.map((label, i) => ({ id: i + 1, name: label })),
-    annotations: state.objects.map((o, i) => ({
-      id: i + 1, image_id: 1, category_id: labels.indexOf(o.label) + 1, segmentation: { size: [height, width], counts: o.counts },
-      area: o.area, bbox: o.bbox, iscrowd: 0, score: o.score,
-    })),
-  };
-}
-
-async function exportAs(kind) {
-  if (!state.image && kind !== "coco-folder") return;
-  const stem = state.image ? state.image.name.replace(/\.[^.]+$/, "").replace(/[\\/]/g, "_") : "folder";
-  try {
-    if (kind === "coco") download(new Blob([JSON.stringify(cocoDocument())], { type: "application/json" }), `${stem}.coco.json`);
-    if (kind === "coco-folder") {
-      if (!state.folder) throw new Error("The whole-folder export needs folder mode (evitsam serve --images DIR).");
-      download(await (await request("/v1/folder/coco")).blob(), `${state.folder.name}.coco.json`);
-    }
-    if (kind === "png") {
-      const target = state.selected || state.current;
-      if (!target) throw new Error("Select an object (or make a mask) to export it as a PNG.");
-      download(await maskBlob(target.mask, state.image.width, state.image.height), `${stem}.${target.label || "mask"}.png`);
-    }
-    if (kind === "overlay") download(await overlayBlob($("image")), `${stem}.overlay.png`);
-  } catch (error) { showError(error); }
-}
-
 // ------------------------------------------------------------------------------------------ rendering
 function renderMask() {
   const shown = state.current || state.hoverMask;
@@ -416,6 +385,10 @@ function pickEverything(point) {
   const i = Math.round(point[1]) * state.image.width + Math.round(point[0]);
   const hit = state.everything.find((e) => e.mask[i]); // smallest first
   if (hit) accept(hit);
+}
+
+async function exportAs(kind) {
+  try { await exportFiles(state, kind); } catch (error) { showError(error); }
 }
 
 function undo() { const action = state.undo.pop(); if (action) { action.undo(); state.redo.push(action); } }

@@ -152,31 +152,34 @@ export function usesMultimask(prompt) {
 }
 
 export class PageDecoder {
-  /** Load onnxruntime-web and the decoder graph; throws (with a reason) when WebAssembly or the model cannot load. */
-  static async load(decoderUrl, headers, threads) {
+  /** Load onnxruntime-web and the decoder graphs; throws (with a reason) when WebAssembly or a graph cannot load. */
+  static async load(graphs, headers, threads) {
     if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
     const ort = await import("./vendor/ort.wasm.min.mjs");
     ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
     ort.env.wasm.numThreads = threads;
     ort.env.wasm.simd = true;
-    const response = await fetch(decoderUrl, { headers });
-    if (!response.ok) throw new Error(`the decoder model did not load (HTTP ${response.status})`);
-    const model = new Uint8Array(await response.arrayBuffer());
-    const session = await ort.InferenceSession.create(model, {
-      executionProviders: ["wasm"],
-      graphOptimizationLevel: "all",
-    });
-    return new PageDecoder(ort, session, threads);
+    const session = async (url) => {
+      const response = await fetch(url, { headers });
+      if (!response.ok) throw new Error(`the decoder model did not load (HTTP ${response.status})`);
+      const model = new Uint8Array(await response.arrayBuffer());
+      return ort.InferenceSession.create(model, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    };
+    // sequentially: onnxruntime-web initialises its WebAssembly module on the first session
+    const image = await session(graphs.image);
+    const prompt = await session(graphs.prompt);
+    const decoder = await session(graphs.decoder);
+    return new PageDecoder(ort, { image, prompt, decoder }, threads);
   }
 
-  constructor(ort, session, threads) {
+  constructor(ort, sessions, threads) {
     this.ort = ort;
-    this.session = session;
+    this.sessions = sessions;
     this.threads = threads;
   }
 
-  /** Use this image: its embedding and sizes (from the embedding response's headers). */
-  setImage(embedding, inputSize, originalSize, low) {
+  /** Use this image: its embedding and sizes (from the embedding response's headers); runs the image side. */
+  async setImage(embedding, inputSize, originalSize, low) {
     this.embedding = new this.ort.Tensor("float32", embedding.data, embedding.shape);
     this.inputSize = inputSize;
     this.originalSize = originalSize;
@@ -184,10 +187,12 @@ export class PageDecoder {
     this.rows = resizeAxis(low, inputSize[0], originalSize[0]);
     this.cols = resizeAxis(low, inputSize[1], originalSize[1]);
     this.noMask = new this.ort.Tensor("float32", new Float32Array(low * low), [1, 1, low, low]);
+    this.side = await this.sessions.image.run({ image_embeddings: this.embedding });
   }
 
   /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
-   * pixels -> {mask (Uint8Array HxW), score, lowRes (Float32Array, this mask's logits, for the next prompt)}. */
+   * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's logits, for the next prompt)}.
+   * Without a mask prompt the prepared image side is reused; a mask prompt runs the whole decoder. */
   async decode(prompt, threshold = 0) {
     const [h, w] = this.originalSize;
     const sy = this.inputSize[0] / h;
@@ -208,15 +213,19 @@ export class PageDecoder {
     }
     const n = labels.length;
     const low = this.low;
-    const feeds = {
-      image_embeddings: this.embedding,
+    const points = {
       point_coords: new this.ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
       point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
-      mask_input: prompt.maskInput ? new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]) : this.noMask,
-      has_mask_input: new this.ort.Tensor("float32", Float32Array.of(prompt.maskInput ? 1 : 0), [1]),
     };
     const t0 = performance.now();
-    const out = await this.session.run(feeds);
+    const out = prompt.maskInput
+      ? await this.sessions.decoder.run({
+          image_embeddings: this.embedding,
+          ...points,
+          mask_input: new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]),
+          has_mask_input: new this.ort.Tensor("float32", Float32Array.of(1), [1]),
+        })
+      : await this.sessions.prompt.run({ ...this.side, ...points });
     const t1 = performance.now();
     const scores = out.iou_predictions.data;
     let best = 0;
