@@ -102,8 +102,8 @@ def test_page_loads_without_the_token_the_api_needs(service):
 
 
 def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, shared_data):
-    """The page's graphs (image side once, then prompts; the whole decoder for a mask prompt) give the
-    predictor's own low-res masks and scores."""
+    """The page's graphs (the image side once per image or mask prompt, then each prompt) give the predictor's own
+    low-res masks and scores."""
     config = client.get("/v1/web/config").json()
     assert config["low_res_size"] == service.model.low_res_size and config["folder"]["name"] == "photos"
     sessions = {
@@ -116,12 +116,18 @@ def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, sh
     points = np.array([[300.0, 400.0], [560.0, 230.0]])
     frame = predictor.transform.apply_coords(points, predictor.original_size)
     embedding = predictor.get_image_embedding().float().numpy()
-    side = dict(
-        zip(
-            [o.name for o in sessions["image"].get_outputs()],
-            sessions["image"].run(None, {"image_embeddings": embedding}),
+    names = [o.name for o in sessions["image"].get_outputs()]
+    low = service.model.low_res_size
+
+    def image_side(mask: np.ndarray | None) -> dict:
+        gate = np.ones(1, np.float32) if mask is not None else np.zeros(1, np.float32)
+        mask = mask if mask is not None else np.zeros((1, 1, low, low), np.float32)
+        outputs = sessions["image"].run(
+            None, {"image_embeddings": embedding, "mask_input": mask, "has_mask_input": gate}
         )
-    )
+        return dict(zip(names, outputs))
+
+    side = image_side(None)
     one_click = {
         "point_coords": np.array([[frame[0], [0, 0]]], np.float32),
         "point_labels": np.array([[1, -1]], np.float32),
@@ -133,13 +139,10 @@ def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, sh
 
     best = low_res[np.argmax(scores)][None, None].astype(np.float32)
     refine = {
-        "image_embeddings": embedding,
         "point_coords": np.array([[frame[0], frame[1], [0, 0]]], np.float32),
         "point_labels": np.array([[1, 0, -1]], np.float32),
-        "mask_input": best,
-        "has_mask_input": np.ones(1, np.float32),
     }
-    masks, iou = sessions["decoder"].run(["low_res_masks", "iou_predictions"], refine)
+    masks, iou = sessions["prompt"].run(["low_res_masks", "iou_predictions"], {**image_side(best), **refine})
     _, scores, low_res = predictor.predict(points, np.array([1, 0]), mask_input=best[0], multimask_output=False)
     np.testing.assert_allclose(iou[0, :1], scores, atol=1e-4)  # token 0: the single-mask output
     np.testing.assert_allclose(masks[0, :1], low_res, atol=1e-3)

@@ -2,16 +2,13 @@
 
 The page scales the low-res logits to the photo itself (two bilinear resizes composed per axis, as
 ``EfficientViTSam.postprocess_masks`` does), so no graph computes full-size logits: WebAssembly spends its time
-on the decoder's attention, not on a full-size bilinear resize it would redo on every hover. Three graphs:
+on the decoder's attention, not on a full-size bilinear resize it would redo on every hover. Two graphs:
 
-- ``web_image.onnx``: ``image_embeddings`` -> the decoder's prompt-independent tensors for this image
-  (``model.prepare_decoder``: the image tokens with the no-mask prompt added, the first layer's image projections,
-  the image tokens through the first up-scaling product), run once per image;
-- ``web_prompt.onnx``: those tensors + ``point_coords``/``point_labels`` (SAM's convention) -> all four low-res
-  masks and their scores, the predictor's own factored decoder path: every prompt without a mask prompt (hovers,
-  first clicks, boxes);
-- ``prompt_decoder.onnx`` (``export_prompt_decoder``): the same outputs from the embedding and a ``mask_input``,
-  for refinement (a mask prompt changes the image side, so it cannot be prepared once).
+- ``web2_image.onnx``: ``image_embeddings`` and SAM's gated ``mask_input`` -> the decoder's prompt-independent
+  tensors (``MaskDecoder.prepare_image``: the image tokens with the dense prompt added, every cross-attention's
+  image projections); the page runs it once per image without a mask prompt, and once per refinement with one;
+- ``web2_prompt.onnx``: those tensors + ``point_coords``/``point_labels`` (SAM's convention) -> all four low-res
+  masks and their scores; what a hover costs. The positional encodings' projections are constants in it.
 
 All four outputs come back (token 0: single-mask, 1..3: multimask), so the page applies ``SamPredictor``'s choice.
 Each graph is exported once per set of weights and cached beside the other engines' graphs.
@@ -28,11 +25,11 @@ from torch import nn
 from ..models import EfficientViTSam
 from ..models.transformer import ImageProjection, ImageSide
 from .engines import engine_dir
-from .onnx_export import _cpu_model, _embedding_example, _export, _prompt_example, export_prompt_decoder
+from .onnx_export import _cpu_model, _embedding_example, _export, _prompt_example
 
-WEB_DECODER_FILE = "prompt_decoder.onnx"  # the same graph the ONNX Runtime engine runs: one cached file
-WEB_IMAGE_FILE = "web_image.onnx"
-WEB_PROMPT_FILE = "web_prompt.onnx"
+WEB_GRAPHS_VERSION = 2  # part of the file names: a changed graph is exported again, not read from the cache
+WEB_IMAGE_FILE = f"web{WEB_GRAPHS_VERSION}_image.onnx"
+WEB_PROMPT_FILE = f"web{WEB_GRAPHS_VERSION}_prompt.onnx"
 _lock = threading.Lock()
 
 
@@ -51,14 +48,22 @@ def _image_tensors(side: ImageSide) -> tuple[torch.Tensor, ...]:
 
 
 class WebImageGraph(nn.Module):
-    """``image_embeddings`` (1, 256, G, G) -> the prepared image side's image-dependent tensors."""
+    """``image_embeddings`` (1, 256, G, G) and SAM's gated ``mask_input`` -> the prepared image side's
+    image-dependent tensors (a mask prompt is added to the image tokens, so it has an image side of its own)."""
 
     def __init__(self, model: EfficientViTSam) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _image_tensors(self.model.prepare_decoder(image_embeddings))
+    def forward(
+        self, image_embeddings: torch.Tensor, mask_input: torch.Tensor, has_mask_input: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        prompts = self.model.prompt_encoder
+        gate = has_mask_input.reshape(-1, 1, 1, 1)
+        no_mask = prompts.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = gate * prompts.mask_downscaling(mask_input) + (1 - gate) * no_mask
+        side = self.model.mask_decoder.prepare_image(image_embeddings, prompts.get_dense_pe(), dense)
+        return _image_tensors(side)
 
 
 class WebPromptGraph(nn.Module):
@@ -99,17 +104,16 @@ def image_output_names(model: EfficientViTSam) -> list[str]:
 
 
 def export_web_graphs(model: EfficientViTSam, folder: Path) -> tuple[Path, Path]:
-    """Write ``web_image.onnx`` and ``web_prompt.onnx`` for ``model`` into ``folder``."""
+    """Write the image-side and prompt graphs for ``model`` into ``folder``."""
     model = _cpu_model(model)
     layout = _layout(model)
     names = image_output_names(model)
-    embedding = _embedding_example(model)
-    image = _export(
-        WebImageGraph(model), (embedding,), folder / WEB_IMAGE_FILE, ("image_embeddings",), tuple(names), {}
-    )
+    coords, labels, mask, has_mask = _prompt_example(model)
+    image_args = (_embedding_example(model), mask, has_mask)
+    inputs = ("image_embeddings", "mask_input", "has_mask_input")
+    image = _export(WebImageGraph(model), image_args, folder / WEB_IMAGE_FILE, inputs, tuple(names), {})
     with torch.no_grad():
-        side = WebImageGraph(model).eval()(embedding)
-    coords, labels, _, _ = _prompt_example(model)
+        side = WebImageGraph(model).eval()(*image_args)
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     prompt = _export(
         WebPromptGraph(model, layout),
@@ -123,13 +127,11 @@ def export_web_graphs(model: EfficientViTSam, folder: Path) -> tuple[Path, Path]
 
 
 def web_decoder(model: EfficientViTSam, folder: Path | None = None) -> dict[str, Path]:
-    """The browser's graphs for these weights (``decoder``, ``image``, ``prompt``), exported on first use."""
+    """The browser's graphs for these weights (``image``, ``prompt``), exported on first use (thread-safe)."""
     folder = folder or engine_dir(model)
-    paths = {"decoder": folder / WEB_DECODER_FILE, "image": folder / WEB_IMAGE_FILE, "prompt": folder / WEB_PROMPT_FILE}
+    paths = {"image": folder / WEB_IMAGE_FILE, "prompt": folder / WEB_PROMPT_FILE}
     with _lock:
         folder.mkdir(parents=True, exist_ok=True)
-        if not paths["decoder"].is_file():
-            export_prompt_decoder(model, paths["decoder"])
-        if not (paths["image"].is_file() and paths["prompt"].is_file()):
+        if not all(path.is_file() for path in paths.values()):
             export_web_graphs(model, folder)
     return paths

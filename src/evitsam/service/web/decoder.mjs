@@ -168,8 +168,7 @@ export class PageDecoder {
     // sequentially: onnxruntime-web initialises its WebAssembly module on the first session
     const image = await session(graphs.image);
     const prompt = await session(graphs.prompt);
-    const decoder = await session(graphs.decoder);
-    return new PageDecoder(ort, { image, prompt, decoder }, threads);
+    return new PageDecoder(ort, { image, prompt }, threads);
   }
 
   constructor(ort, sessions, threads) {
@@ -187,12 +186,22 @@ export class PageDecoder {
     this.rows = resizeAxis(low, inputSize[0], originalSize[0]);
     this.cols = resizeAxis(low, inputSize[1], originalSize[1]);
     this.noMask = new this.ort.Tensor("float32", new Float32Array(low * low), [1, 1, low, low]);
-    this.side = await this.sessions.image.run({ image_embeddings: this.embedding });
+    this.side = await this.imageSide(null);
+  }
+
+  /** The decoder's image side for this image, with a mask prompt (low-res logits) or without (null). */
+  imageSide(maskInput) {
+    const low = this.low;
+    return this.sessions.image.run({
+      image_embeddings: this.embedding,
+      mask_input: maskInput ? new this.ort.Tensor("float32", maskInput, [1, 1, low, low]) : this.noMask,
+      has_mask_input: new this.ort.Tensor("float32", Float32Array.of(maskInput ? 1 : 0), [1]),
+    });
   }
 
   /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
    * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's logits, for the next prompt)}.
-   * Without a mask prompt the prepared image side is reused; a mask prompt runs the whole decoder. */
+   * Without a mask prompt the image side prepared in setImage is reused; a mask prompt prepares its own. */
   async decode(prompt, threshold = 0) {
     const [h, w] = this.originalSize;
     const sy = this.inputSize[0] / h;
@@ -218,14 +227,8 @@ export class PageDecoder {
       point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
     };
     const t0 = performance.now();
-    const out = prompt.maskInput
-      ? await this.sessions.decoder.run({
-          image_embeddings: this.embedding,
-          ...points,
-          mask_input: new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]),
-          has_mask_input: new this.ort.Tensor("float32", Float32Array.of(1), [1]),
-        })
-      : await this.sessions.prompt.run({ ...this.side, ...points });
+    const side = prompt.maskInput ? await this.imageSide(prompt.maskInput) : this.side;
+    const out = await this.sessions.prompt.run({ ...side, ...points });
     const t1 = performance.now();
     const scores = out.iou_predictions.data;
     let best = 0;
