@@ -186,6 +186,11 @@ def start_server(options: list[str], images: Path) -> tuple[subprocess.Popen, st
     raise TimeoutError("evitsam serve did not start")
 
 
+def serve_file(path: Path):
+    """A Playwright route handler that answers with the file at ``path``."""
+    return lambda route: route.fulfill(path=str(path))
+
+
 def encoder_seconds(base: str) -> float:
     for line in httpx.get(f"{base}/metrics").text.splitlines():
         if line.startswith("evitsam_encoder_seconds_sum"):
@@ -226,8 +231,8 @@ def main() -> None:
                 try:
                     for n, threads in enumerate(args.threads):
                         page = browser.new_page(viewport={"width": 1400, "height": 900})
-                        page.route("**/bench/sam.onnx", lambda route: route.fulfill(path=str(sam_path)))
-                        page.route("**/bench/full.onnx", lambda route, path=full_path: route.fulfill(path=str(path)))
+                        page.route("**/bench/sam.onnx", serve_file(sam_path))
+                        page.route("**/bench/full.onnx", serve_file(full_path))
                         page.goto(f"{base}/?index=0&threads={threads}")
                         page.wait_for_function("window.evitsam && window.evitsam.ready", timeout=300_000)
                         page.wait_for_function("window.evitsam.state.image && window.evitsam.state.image.readyMs")

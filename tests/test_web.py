@@ -246,3 +246,30 @@ def test_without_webassembly_masks_come_from_the_server(server, playwright):
         assert iou(mask, expected) >= 0.99
     finally:
         browser.close()
+
+
+def test_segment_everything_masks_are_picked_as_objects(server, browser):
+    page = open_page(browser, f"{server.base}/?index=0")
+    before = page.evaluate("window.evitsam.state.objects.length")
+    page.keyboard.press("e")
+    page.wait_for_function("window.evitsam.state.everything.length > 0", timeout=120_000)
+    page.evaluate(IDLE)
+    # a pixel of the smallest mask that no other mask covers: clicking it must pick exactly that mask
+    x, y, index = page.evaluate(
+        """() => { const s = window.evitsam.state, w = s.image.width;
+        for (let k = 0; k < s.everything.length; k++) { const m = s.everything[k].mask;
+          for (let i = 0; i < m.length; i++) if (m[i] && s.everything.every((o, j) => j === k || !o.mask[i]))
+            return [i % w + 0.5, Math.floor(i / w) + 0.5, k]; }
+        return null; }"""
+    )
+    click(page, x, y)
+    page.wait_for_function(f"window.evitsam.state.objects.length === {before + 1}")
+    same = page.evaluate(
+        f"""() => {{ const s = window.evitsam.state;
+        const a = s.objects[s.objects.length - 1].mask, b = s.everything[{index}].mask;
+        return a.length === b.length && a.every((v, i) => v === b[i]); }}"""
+    )
+    assert same
+    page.wait_for_function("window.evitsam.state.objects.every((o) => o.state === 'saved')")
+    last = httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"][-1]
+    httpx.delete(f"{server.base}/v1/folder/objects/{last['id']}")
