@@ -73,8 +73,8 @@ def call(method: str, url: str, token: str | None = None, body=None, files=None,
     return json.loads(text) if text else None
 
 
-def wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) -> float:
-    start = time.perf_counter()
+def wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path, start: float) -> float:
+    """Seconds from ``start`` (the process's launch) until ``url`` answers."""
     while time.perf_counter() - start < seconds:
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited early (code {process.returncode}); log:\n{log.read_text()[-3000:]}")
@@ -157,6 +157,7 @@ def main() -> int:
             "--user-token",
             token,
         ]
+        launched = time.perf_counter()
         processes.append(subprocess.Popen(ls_cmd, env=env, stdout=ls_log.open("w"), stderr=subprocess.STDOUT))
         ev_cmd = [
             sys.executable,
@@ -171,8 +172,10 @@ def main() -> int:
             token,
         ]
         processes.append(subprocess.Popen(ev_cmd, stdout=ev_log.open("w"), stderr=subprocess.STDOUT))
-        report["evitsam_start_s"] = round(wait_for(f"{ev_url}/readyz", args.timeout, processes[1], ev_log), 1)
-        report["label_studio_start_s"] = round(wait_for(f"{ls_url}/health", args.timeout, processes[0], ls_log), 1)
+        report["evitsam_start_s"] = round(wait_for(f"{ev_url}/readyz", args.timeout, processes[1], ev_log, launched), 1)
+        report["label_studio_start_s"] = round(
+            wait_for(f"{ls_url}/health", args.timeout, processes[0], ls_log, launched), 1
+        )
 
         project = call("POST", f"{ls_url}/api/projects", token, {"title": "evitsam e2e", "label_config": LABEL_CONFIG})
         call(

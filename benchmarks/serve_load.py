@@ -173,7 +173,7 @@ def main() -> int:
         if 1 in by_clients and 4 in by_clients:
             report["click_throughput_4_over_1"] = round(by_clients[4] / by_clients[1], 2)
 
-        fresh = variants(photo, 4000, side=400)
+        fresh = variants(photo, 1000, side=400)
         counter = iter(range(len(fresh)))
         counter_lock = threading.Lock()
 

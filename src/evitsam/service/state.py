@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import numpy as np
 import torch
 
 from .. import SamPredictor, __version__, load_model
@@ -35,7 +36,6 @@ class Service:
         # at a time; torch modules in inference mode can run on several threads at once.
         self.engine_lock = threading.Lock() if predictor.runtime != "torch" else contextlib.nullcontext()
         self.ready = False
-        self.label_studio_projects: dict[str, str] = {}  # project -> label config, from /setup
 
     @classmethod
     def load(cls, config: ServiceConfig) -> Service:
@@ -70,8 +70,6 @@ class Service:
 
     def warm_up(self) -> None:
         """One encoder and decoder pass on a blank image, so the first client does not pay for lazy setup."""
-        import numpy as np
-
         predictor = image_predictor(self.predictor)
         with self.engine_lock:
             predictor.set_image(np.zeros((64, 64, 3), np.uint8))

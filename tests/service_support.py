@@ -1,4 +1,4 @@
-"""Shared pieces of the service tests: a loaded service per configuration, photos as upload bytes, RLE decoding."""
+"""What the service tests have in common: upload bytes, COCO RLE decoding, checks of refusals."""
 
 from __future__ import annotations
 
