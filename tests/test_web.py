@@ -15,7 +15,7 @@ import numpy as np
 import playwright.sync_api as playwright_api
 import pytest
 from pycocotools.coco import COCO
-from service_helpers import decode_coco
+from service_support import decode_coco
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Server, iou
 
 ARTIFACTS = REPO / "tests" / "artifacts"

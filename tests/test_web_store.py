@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from service_helpers import assert_error
+from service_support import assert_error
 
 from evitsam.io import read_image
 from evitsam.service import Service, ServiceConfig, create_app
