@@ -16,7 +16,7 @@ import playwright.sync_api as playwright_api
 import pytest
 from pycocotools.coco import COCO
 from service_support import decode_coco
-from web_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Server, iou
+from web_support import CHROMIUM, CHROMIUM_ARGS, REPO, Server, iou
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 IDLE = "window.evitsam.idle()"
