@@ -61,9 +61,19 @@ def serve(
             help="Label Studio's local-files root, for tasks that use local files.",
         ),
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Web app folder mode: annotate the images of this folder (saved as accepted)."
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Folder mode's SQLite file; default: <DIR>.evitsam.sqlite beside DIR."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level (info logs every request).")] = "warning",
 ) -> None:
-    """Serve the model over HTTP: a REST API (/v1, docs at /docs) and a Label Studio ML backend."""
+    """Serve the model over HTTP: an annotation web app (/), a REST API (/v1, /docs), a Label Studio ML backend."""
     try:
         import torch
         import uvicorn
@@ -94,18 +104,31 @@ def serve(
         label_studio_url=label_studio_url,
         label_studio_token=label_studio_token,
         local_files_root=local_files_root,
+        images=images,
+        db=db,
     )
     # each request's torch ops run on their share of the cores, so concurrent requests do not oversubscribe them
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     service = Service.load(config)
     service.warm_up()
+    from ..export.web_graph import web_decoder
+
+    web_decoder(service.model)  # the web app's decoder, exported once per set of weights (cached)
     info = service.info()
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     typer.echo(
         f"evitsam serve: model {info['model']} ({info['variant']}, {info['encoder_size']} px, {info['runtime']} "
-        f"{info['precision']}) at http://{shown}:{port}  (API docs: /docs; Ctrl-C stops)",
+        f"{info['precision']}) at http://{shown}:{port}  (web app: /, API docs: /docs; Ctrl-C stops)",
         err=True,
     )
+    if config.images is not None:
+        from .webapp import default_db, folder_images
+
+        typer.echo(
+            f"evitsam serve: folder mode, {len(folder_images(config.images))} images in {config.images}; "
+            f"accepted objects saved to {config.db or default_db(config.images)}",
+            err=True,
+        )
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level))
     try:
         server.run()  # uvicorn shuts down on Ctrl-C, then raises it again as KeyboardInterrupt

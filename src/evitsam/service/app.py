@@ -14,6 +14,7 @@ from .routes import make_router
 from .security import BodyLimit, TokenAuth
 from .state import Service
 from .uploads import MULTIPART_OVERHEAD
+from .webapp import WebAssets, mount_web
 
 DESCRIPTION = """Promptable segmentation with EfficientViT-SAM over HTTP.
 
@@ -46,6 +47,7 @@ def create_app(service: Service) -> FastAPI:
 
     app.include_router(make_router(service), tags=["v1"])
     app.include_router(make_label_studio_router(service))
+    mount_web(app, service)  # the annotation web app: its API routes here, the page itself outermost (below)
 
     # outermost last: CORS, then metrics (which count refusals too), then auth, then the body limit
     body_limit = config.max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD + 1024 * 1024  # base64 images in JSON
@@ -68,4 +70,5 @@ def create_app(service: Service) -> FastAPI:
                 "X-Original-Size",
             ],
         )
+    app.add_middleware(WebAssets)
     return app

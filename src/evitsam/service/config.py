@@ -31,6 +31,8 @@ class ServiceConfig:
     label_studio_token: str | None = None
     local_files_root: Path | None = None  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT, if tasks use local files
     fetch_timeout_s: float = 20.0
+    images: Path | None = None  # folder mode of the web app: the folder to annotate
+    db: Path | None = None  # its annotations' SQLite file; None: <folder>.evitsam.sqlite beside the folder
 
     def __post_init__(self) -> None:
         for name in ("cache_mb", "max_upload_mb", "fetch_timeout_s"):
@@ -52,6 +54,17 @@ class ServiceConfig:
             if not root.is_dir():
                 raise ValueError(f"local_files_root must be an existing folder, got {str(root)!r}")
             self.local_files_root = root.resolve()
+        if self.images is not None:
+            folder = Path(self.images).expanduser()
+            if not folder.is_dir():
+                raise ValueError(f"images must be an existing folder, got {str(folder)!r}")
+            self.images = folder.resolve()
+        if self.db is not None:
+            if self.images is None:
+                raise ValueError("db is where folder mode saves annotations: give images (--images DIR) too")
+            self.db = Path(self.db).expanduser().resolve()
+            if self.db.is_dir():
+                raise ValueError(f"db must be a file path, got the folder {str(self.db)!r}")
 
     @property
     def cache_bytes(self) -> int:

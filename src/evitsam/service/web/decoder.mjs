@@ -1,0 +1,245 @@
+// Masks decoded in the page: the image embedding from the server, the decoder run by onnxruntime-web (WASM),
+// low-res logits scaled to the image here (the model's post-processing: two bilinear resizes composed per axis).
+
+const PROMPT_FRAME = 1024; // prompts and the intermediate mask frame: the long side is 1024
+
+/** The ``.npy`` bytes of GET /v1/images/{id}/embedding -> {shape, data: Float32Array}. */
+export function parseNpy(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const major = bytes[6];
+  const view = new DataView(buffer);
+  const headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const start = (major === 1 ? 10 : 12) + headerLength;
+  const header = new TextDecoder().decode(bytes.subarray(major === 1 ? 10 : 12, start));
+  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+  const shape = /'shape':\s*\(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (descr === "<f4") return { shape, data: new Float32Array(buffer.slice(start, start + 4 * count)) };
+  if (descr !== "<f2") throw new Error(`unexpected embedding dtype ${descr}`);
+  const halves = new Uint16Array(buffer.slice(start, start + 2 * count));
+  const data = new Float32Array(count);
+  halfTable ||= Float32Array.from({ length: 65536 }, (_, h) => halfToFloat(h));
+  for (let i = 0; i < count; i++) data[i] = halfTable[halves[i]];
+  return { shape, data };
+}
+
+let halfTable = null;
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+/** (out, in) weights of PyTorch's bilinear resize (align_corners=False) along one axis: two taps per output. */
+function bilinear(inSize, outSize) {
+  const f = Math.fround;
+  const scale = f(inSize / outSize);
+  const taps = [];
+  for (let o = 0; o < outSize; o++) {
+    const src = Math.max(0, f(f(scale * f(o + 0.5)) - 0.5));
+    const i0 = Math.floor(src);
+    const frac = Math.min(1, Math.max(0, f(src - i0)));
+    const i1 = i0 < inSize - 1 ? i0 + 1 : i0;
+    taps.push([[i0, 1 - frac], [i1, frac]]);
+  }
+  return taps;
+}
+
+/** One axis of low-res -> 1024 frame -> crop to ``input`` -> ``original``, as sparse rows {index, weight}. */
+export function resizeAxis(low, input, original) {
+  const first = bilinear(low, PROMPT_FRAME);
+  const second = bilinear(input, original);
+  const index = new Int32Array(original * 4);
+  const weight = new Float32Array(original * 4);
+  for (let o = 0; o < original; o++) {
+    const sums = new Map();
+    for (const [j, wj] of second[o]) {
+      for (const [k, wk] of first[j]) sums.set(k, (sums.get(k) || 0) + wj * wk);
+    }
+    let n = 0;
+    for (const [k, w] of sums) {
+      index[o * 4 + n] = k;
+      weight[o * 4 + n] = w;
+      n++;
+    }
+  }
+  return { index, weight };
+}
+
+/** Runs of consecutive outputs that read the same low-res inputs: [first, end, lowest input, highest input]. */
+function readGroups(axis, size) {
+  const groups = [];
+  for (let o = 0; o < size; o++) {
+    let lo = Infinity;
+    let hi = -1;
+    for (let k = 0; k < 4; k++) {
+      if (axis.weight[o * 4 + k] !== 0) {
+        lo = Math.min(lo, axis.index[o * 4 + k]);
+        hi = Math.max(hi, axis.index[o * 4 + k]);
+      }
+    }
+    const last = groups[groups.length - 1];
+    if (last && last[2] === lo && last[3] === hi) last[1] = o + 1;
+    else groups.push([o, o + 1, lo, hi]);
+  }
+  return groups;
+}
+
+/** Low-res logits (low x low, one mask) -> {mask: row-major Uint8Array at the original size (logits > threshold),
+ * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
+ * logits: blocks whose inputs all lie on one side of the threshold are filled without computing them. */
+export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0) {
+  rows.groups ||= readGroups(rows, height);
+  cols.groups ||= readGroups(cols, width);
+  const mask = new Uint8Array(height * width);
+  const bbox = [width, height, 0, 0];
+  for (const [y0, y1, r0, r1] of rows.groups) {
+    for (const [x0, x1, c0, c1] of cols.groups) {
+      let min = Infinity;
+      let max = -Infinity;
+      for (let r = r0; r <= r1; r++) {
+        for (let c = c0; c <= c1; c++) {
+          const v = logits[r * low + c];
+          if (v < min) min = v;
+          if (v > max) max = v;
+        }
+      }
+      if (max <= threshold) continue;
+      let any = false;
+      for (let y = y0; y < y1; y++) {
+        const out = y * width;
+        if (min > threshold) {
+          mask.fill(1, out + x0, out + x1);
+          any = true;
+          continue;
+        }
+        const ry = y * 4;
+        for (let x = x0; x < x1; x++) {
+          const cx = x * 4;
+          let v = 0;
+          for (let i = 0; i < 4; i++) {
+            const wr = rows.weight[ry + i];
+            if (wr === 0) continue;
+            const src = rows.index[ry + i] * low;
+            let sum = 0;
+            for (let j = 0; j < 4; j++) sum += cols.weight[cx + j] * logits[src + cols.index[cx + j]];
+            v += wr * sum;
+          }
+          if (v > threshold) {
+            mask[out + x] = 1;
+            any = true;
+          }
+        }
+      }
+      if (any) {
+        bbox[0] = Math.min(bbox[0], x0);
+        bbox[1] = Math.min(bbox[1], y0);
+        bbox[2] = Math.max(bbox[2], x1);
+        bbox[3] = Math.max(bbox[3], y1);
+      }
+    }
+  }
+  return { mask, bbox };
+}
+
+/** SamPredictor's choice: one click alone is ambiguous (best of the three multimask outputs), else token 0. */
+export function usesMultimask(prompt) {
+  return prompt.points.length === 1 && !prompt.box && !prompt.maskInput;
+}
+
+export class PageDecoder {
+  /** Load onnxruntime-web and the decoder graphs; throws (with a reason) when WebAssembly or a graph cannot load. */
+  static async load(graphs, headers, threads) {
+    if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
+    const ort = await import("./vendor/ort.wasm.min.mjs");
+    ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
+    ort.env.wasm.numThreads = threads;
+    ort.env.wasm.simd = true;
+    const session = async (url) => {
+      const response = await fetch(url, { headers });
+      if (!response.ok) throw new Error(`the decoder model did not load (HTTP ${response.status})`);
+      const model = new Uint8Array(await response.arrayBuffer());
+      return ort.InferenceSession.create(model, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    };
+    // sequentially: onnxruntime-web initialises its WebAssembly module on the first session
+    const image = await session(graphs.image);
+    const prompt = await session(graphs.prompt);
+    return new PageDecoder(ort, { image, prompt }, threads);
+  }
+
+  constructor(ort, sessions, threads) {
+    this.ort = ort;
+    this.sessions = sessions;
+    this.threads = threads;
+  }
+
+  /** Use this image: its embedding and sizes (from the embedding response's headers); runs the image side. */
+  async setImage(embedding, inputSize, originalSize, low) {
+    this.embedding = new this.ort.Tensor("float32", embedding.data, embedding.shape);
+    this.inputSize = inputSize;
+    this.originalSize = originalSize;
+    this.low = low;
+    this.rows = resizeAxis(low, inputSize[0], originalSize[0]);
+    this.cols = resizeAxis(low, inputSize[1], originalSize[1]);
+    this.noMask = new this.ort.Tensor("float32", new Float32Array(low * low), [1, 1, low, low]);
+    this.side = await this.imageSide(null);
+  }
+
+  /** The decoder's image side for this image, with a mask prompt (low-res logits) or without (null). */
+  imageSide(maskInput) {
+    const low = this.low;
+    return this.sessions.image.run({
+      image_embeddings: this.embedding,
+      mask_input: maskInput ? new this.ort.Tensor("float32", maskInput, [1, 1, low, low]) : this.noMask,
+      has_mask_input: new this.ort.Tensor("float32", Float32Array.of(maskInput ? 1 : 0), [1]),
+    });
+  }
+
+  /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
+   * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's logits, for the next prompt)}.
+   * Without a mask prompt the image side prepared in setImage is reused; a mask prompt prepares its own. */
+  async decode(prompt, threshold = 0) {
+    const [h, w] = this.originalSize;
+    const sy = this.inputSize[0] / h;
+    const sx = this.inputSize[1] / w;
+    const coords = [];
+    const labels = [];
+    for (const [x, y, label] of prompt.points) {
+      coords.push(x * sx, y * sy);
+      labels.push(label);
+    }
+    if (prompt.box) {
+      const [x0, y0, x1, y1] = prompt.box;
+      coords.push(x0 * sx, y0 * sy, x1 * sx, y1 * sy);
+      labels.push(2, 3);
+    } else {
+      coords.push(0, 0);
+      labels.push(-1);
+    }
+    const n = labels.length;
+    const low = this.low;
+    const points = {
+      point_coords: new this.ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
+      point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
+    };
+    const t0 = performance.now();
+    const side = prompt.maskInput ? await this.imageSide(prompt.maskInput) : this.side;
+    const out = await this.sessions.prompt.run({ ...side, ...points });
+    const t1 = performance.now();
+    const scores = out.iou_predictions.data;
+    let best = 0;
+    if (usesMultimask(prompt)) {
+      best = 1;
+      for (let i = 2; i < 4; i++) if (scores[i] > scores[best]) best = i;
+    }
+    const plane = low * low;
+    const lowRes = out.low_res_masks.data.slice(best * plane, (best + 1) * plane);
+    const { mask, bbox } = upscaleMask(lowRes, low, this.rows, this.cols, h, w, threshold);
+    const t2 = performance.now();
+    return { mask, bbox, score: scores[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
+  }
+}

@@ -1,0 +1,275 @@
+"""The web app in a real browser: headless Chromium (Playwright) against a real ``evitsam serve`` process.
+
+Every mask the page draws is compared with the server's own ``/v1/predict`` answer for the same prompts, which
+the service tests compare with ``SamPredictor``; folder mode's annotations must survive a reload and a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import playwright.sync_api as playwright_api
+import pytest
+from pycocotools.coco import COCO
+from service_support import decode_coco
+from web_support import CHROMIUM, CHROMIUM_ARGS, REPO, Server, iou
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+IDLE = "window.evitsam.idle()"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, shared_data: Path) -> Path:
+    root = tmp_path_factory.mktemp("web") / "photos"
+    root.mkdir()
+    for name in ("dog.jpg", "truck.jpg"):
+        shutil.copy(shared_data / "images" / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path):
+    server = Server("--images", str(folder), "--db", str(folder.parent / "annotations.sqlite")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    if not Path(CHROMIUM).is_file():
+        raise FileNotFoundError(f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+def open_page(browser, url: str, **context):
+    page = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True, **context).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_function(
+        "window.evitsam && window.evitsam.ready && window.evitsam.state.decoderNote", timeout=120_000
+    )
+    page.wait_for_function("window.evitsam.state.image && window.evitsam.state.image.readyMs", timeout=120_000)
+    page.errors = errors
+    return page
+
+
+def to_client(page, x: float, y: float) -> tuple[float, float]:
+    """Image pixel -> the page's viewport coordinates (where the mouse must go)."""
+    box = page.locator("#prompts-layer").bounding_box()
+    image = page.evaluate("window.evitsam.state.image")
+    return box["x"] + x * box["width"] / image["width"], box["y"] + y * box["height"] / image["height"]
+
+
+def click(page, x: float, y: float, negative: bool = False) -> None:
+    if negative:
+        page.keyboard.down("Shift")
+    page.mouse.click(*to_client(page, x, y))
+    if negative:
+        page.keyboard.up("Shift")
+    page.evaluate(IDLE)
+
+
+def page_mask(page) -> tuple[np.ndarray, dict]:
+    current = page.evaluate("window.evitsam.currentMask()")
+    assert current is not None, page.locator("#error").text_content()
+    state = page.evaluate(
+        "({points: window.evitsam.state.points, box: window.evitsam.state.box, image: window.evitsam.state.image})"
+    )
+    image = state["image"]
+    return decode_coco({"size": [image["height"], image["width"]], "counts": current["counts"]}), state
+
+
+def server_mask(server: Server, image_id: str, **prompt) -> tuple[np.ndarray, dict]:
+    answer = server.predict(image_id=image_id, **prompt)
+    return decode_coco(answer["masks"][0]["segmentation"]), answer
+
+
+def test_click_negative_point_and_box_masks_equal_the_servers(server, browser):
+    page = open_page(browser, f"{server.base}/?index=1")  # truck.jpg
+    assert "decoded in this page (WebAssembly" in page.locator("#status").text_content()
+    image_id = page.evaluate("window.evitsam.state.image.id")
+
+    click(page, 500, 375)  # the truck's window: one click, the best of the three candidate masks
+    mask, state = page_mask(page)
+    point = state["points"][0]
+    expected, first = server_mask(server, image_id, points=[point], multimask=True)
+    assert mask[375, 500] and iou(mask, expected) >= 0.99, iou(mask, expected)
+
+    click(page, 377, 400, negative=True)  # the window's left part, inside the first mask
+    refined, state = page_mask(page)
+    assert [p[2] for p in state["points"]] == [1, 0]
+    expected, _ = server_mask(server, image_id, points=state["points"], mask_input=first["low_res"])
+    assert iou(refined, expected) >= 0.99, iou(refined, expected)
+    assert mask[400, 377] and not refined[400, 377] and refined.sum() < mask.sum()  # the region is removed
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "web_mask.png")
+
+    page.keyboard.press("Escape")
+    start, end = to_client(page, 425, 600), to_client(page, 700, 875)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+    page.mouse.move(*end)
+    page.mouse.up()
+    page.evaluate(IDLE)
+    mask, state = page_mask(page)
+    assert state["points"] == [] and state["box"] is not None
+    expected, _ = server_mask(server, image_id, boxes=[state["box"]])
+    assert iou(mask, expected) >= 0.99, iou(mask, expected)
+    inside = mask[600:876, 425:701].sum()
+    assert inside >= 0.95 * mask.sum() > 0  # the box's object
+    assert page.errors == []
+
+
+def test_export_coco_equals_the_page_masks(server, browser, tmp_path):
+    page = open_page(browser, f"{server.base}/?index=0")  # dog.jpg
+    click(page, 300, 400)
+    mask, _ = page_mask(page)
+    page.fill("#label", "dog")
+    page.locator("#accept").click()
+    click(page, 560, 230)
+    second, _ = page_mask(page)
+    page.fill("#label", "bowl")
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.evitsam.state.objects.every((o) => o.state === 'saved')")
+    with page.expect_download() as download:
+        page.select_option("#export", "coco")
+    path = tmp_path / "export.json"
+    download.value.save_as(path)
+    coco = COCO(str(path))
+    annotations = coco.loadAnns(coco.getAnnIds())
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    assert [names[a["category_id"]] for a in annotations] == ["dog", "bowl"]
+    assert np.array_equal(coco.annToMask(annotations[0]).astype(bool), mask)
+    assert np.array_equal(coco.annToMask(annotations[1]).astype(bool), second)
+    with page.expect_download() as download:
+        page.select_option("#export", "coco-folder")
+    folder_doc = json.loads(Path(download.value.path()).read_text())
+    assert {i["file_name"] for i in folder_doc["images"]} == {"dog.jpg", "truck.jpg"}
+
+    def saved_labels() -> list[str]:
+        return [o["label"] for o in httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"]]
+
+    page.locator("#stage").click(position={"x": 5, "y": 5})  # focus off the export menu
+    page.keyboard.press("Control+z")  # undo the last accept: deleted on the server too
+    page.wait_for_function("window.evitsam.state.objects.length === 1")
+    page.wait_for_timeout(200)
+    assert saved_labels() == ["dog"]
+    page.keyboard.press("Control+Shift+z")  # redo: saved again
+    page.wait_for_function(
+        "window.evitsam.state.objects.length === 2 && window.evitsam.state.objects[1].state === 'saved'"
+    )
+    assert saved_labels() == ["dog", "bowl"]
+    page.locator("#objects li").nth(0).click()  # select, then delete
+    page.keyboard.press("Delete")
+    page.locator("#objects li").nth(0).click()
+    page.keyboard.press("Delete")
+    page.wait_for_function("window.evitsam.state.objects.length === 0")
+    page.wait_for_timeout(200)
+    assert saved_labels() == []
+
+
+def test_folder_objects_survive_reload_and_restart(server, browser):
+    page = open_page(browser, f"{server.base}/?index=1")
+    click(page, 500, 375)
+    first, _ = page_mask(page)
+    page.keyboard.press("Enter")
+    click(page, 1400, 700)
+    second, _ = page_mask(page)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "window.evitsam.state.objects.length === 2 && window.evitsam.state.objects.every((o) => o.state === 'saved')"
+    )
+
+    def saved_masks(page) -> list[np.ndarray]:
+        counts = page.evaluate("window.evitsam.state.objects.map((o) => o.counts)")
+        return [decode_coco({"size": list(first.shape), "counts": c}) for c in counts]
+
+    page.reload()
+    page.wait_for_function("window.evitsam && window.evitsam.ready && window.evitsam.state.objects.length === 2")
+    masks = saved_masks(page)
+    assert np.array_equal(masks[0], first) and np.array_equal(masks[1], second)
+
+    server.stop()
+    server.start()
+    page = open_page(browser, f"{server.base}/?index=1")
+    page.wait_for_function("window.evitsam.state.objects.length === 2")
+    masks = saved_masks(page)
+    assert np.array_equal(masks[0], first) and np.array_equal(masks[1], second)
+    assert "(2)" in page.locator("#images li").nth(1).text_content()
+
+
+def test_a_failed_save_is_shown_and_can_be_retried(server, browser):
+    page = open_page(browser, f"{server.base}/?index=0")
+    before = len(httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"])
+    page.route(
+        "**/v1/folder/images/0/objects",
+        lambda route: route.abort() if route.request.method == "POST" else route.continue_(),
+    )
+    click(page, 300, 400)
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.evitsam.state.objects.some((o) => o.state === 'failed')")
+    assert page.locator("#error").is_visible() and "Saving" in page.locator("#error").text_content()
+    assert len(httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"]) == before
+    page.unroute("**/v1/folder/images/0/objects")
+    page.locator("#objects li.failed").click()
+    page.wait_for_function("window.evitsam.state.objects.every((o) => o.state === 'saved')")
+    assert len(httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"]) == before + 1
+
+
+def test_without_webassembly_masks_come_from_the_server(server, playwright):
+    # V8 without its JIT has no WebAssembly at all: the page must fall back to the server
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--js-flags=--jitless"])
+    try:
+        page = open_page(browser, f"{server.base}/?index=1")
+        assert "decoded on the server" in page.locator("#status").text_content()
+        assert page.evaluate("typeof WebAssembly") == "undefined"
+        image_id = page.evaluate("window.evitsam.state.image.id")
+        click(page, 500, 375)
+        click(page, 377, 400, negative=True)
+        mask, state = page_mask(page)
+        first = server.predict(image_id=image_id, points=state["points"][:1], multimask=True)
+        expected, _ = server_mask(server, image_id, points=state["points"], mask_input=first["low_res"])
+        assert iou(mask, expected) >= 0.99
+    finally:
+        browser.close()
+
+
+def test_segment_everything_masks_are_picked_as_objects(server, browser):
+    page = open_page(browser, f"{server.base}/?index=0")
+    before = page.evaluate("window.evitsam.state.objects.length")
+    page.keyboard.press("e")
+    page.wait_for_function("window.evitsam.state.everything.length > 0", timeout=120_000)
+    page.evaluate(IDLE)
+    # a pixel of the smallest mask that no other mask covers: clicking it must pick exactly that mask
+    x, y, index = page.evaluate(
+        """() => { const s = window.evitsam.state, w = s.image.width;
+        for (let k = 0; k < s.everything.length; k++) { const m = s.everything[k].mask;
+          for (let i = 0; i < m.length; i++) if (m[i] && s.everything.every((o, j) => j === k || !o.mask[i]))
+            return [i % w + 0.5, Math.floor(i / w) + 0.5, k]; }
+        return null; }"""
+    )
+    click(page, x, y)
+    page.wait_for_function(f"window.evitsam.state.objects.length === {before + 1}")
+    same = page.evaluate(
+        f"""() => {{ const s = window.evitsam.state;
+        const a = s.objects[s.objects.length - 1].mask, b = s.everything[{index}].mask;
+        return a.length === b.length && a.every((v, i) => v === b[i]); }}"""
+    )
+    assert same
+    page.wait_for_function("window.evitsam.state.objects.every((o) => o.state === 'saved')")
+    last = httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"][-1]
+    httpx.delete(f"{server.base}/v1/folder/objects/{last['id']}")
