@@ -122,7 +122,7 @@ def serve(
         err=True,
     )
     if config.images is not None:
-        from .webapp import default_db, folder_images
+        from ..service.webapp import default_db, folder_images
 
         typer.echo(
             f"evitsam serve: folder mode, {len(folder_images(config.images))} images in {config.images}; "
