@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from PIL import Image
 from safetensors import safe_open
+from support import REPO
 from typer.testing import CliRunner
 
 import evitsam

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 from PIL import Image
+from support import randomize_
 from typer.testing import CliRunner
 
 import evitsam

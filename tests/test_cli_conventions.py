@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from cli_run import evitsam, imports
-from conftest import REPO
+from support import REPO
 
 import evitsam as package
 from evitsam.data.synthetic import SynthSettings, render

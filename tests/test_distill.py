@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 import evitsam

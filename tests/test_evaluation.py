@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 from oracles import OraclePredictor
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support import randomize_
 from typer.testing import CliRunner
 
 import evitsam

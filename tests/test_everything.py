@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 from evitsam import MaskGenerator, SamPredictor, build_model

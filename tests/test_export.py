@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 import yaml
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 from evitsam.export import export_onnx

@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import load_photo
 from PIL import Image, ImageOps
+from support import load_photo
 
 import evitsam
 from evitsam.io import (

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from support import load_photo
 from typer.testing import CliRunner
 
 import evitsam

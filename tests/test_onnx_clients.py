@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import load_photo, randomize_
 from gui_stubs import client_package
+from support import load_photo, randomize_
 
 import evitsam
 from evitsam import SamPredictor

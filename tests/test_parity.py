@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 from evitsam.transforms import get_preprocess_shape, resize_longest_side

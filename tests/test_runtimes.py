@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 import evitsam

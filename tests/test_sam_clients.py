@@ -20,7 +20,7 @@ import pytest
 import segment_anything
 import torch
 from clients import install_client
-from conftest import load_photo
+from support import load_photo
 
 import evitsam
 from evitsam import SamPredictor

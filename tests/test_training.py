@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, randomize_
+from support import REPO, randomize_
 from typer.testing import CliRunner
 
 import evitsam

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import REPO, randomize_
+from support import REPO, randomize_
 
 import evitsam
 from evitsam.data import open_dataset

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import randomize_
+from support import randomize_
 
 import evitsam
 from evitsam import CheckpointError, build_model, convert_checkpoint, load_model
