@@ -27,6 +27,8 @@ import evitsam
 from evitsam import SamPredictor
 from evitsam.export import export_onnx
 
+pytestmark = pytest.mark.slow  # installs and runs the real client packages
+
 ort = pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
 cv2 = pytest.importorskip("cv2", reason="the clients need opencv")
 

@@ -26,6 +26,8 @@ import evitsam
 from evitsam import SamPredictor
 from evitsam.everything import MaskGenerator
 
+pytestmark = pytest.mark.slow  # installs and runs the real client packages
+
 # SAM's predictor notebook (predictor_example.ipynb) prompts on truck.jpg, and its batched-inference boxes.
 POINT = np.array([[500, 375]])
 TWO_POINTS = np.array([[500, 375], [1125, 625]])
