@@ -104,6 +104,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads, strict=True))
 
 
+@pytest.mark.slow
 def test_precompute_then_distill_then_train(tmp_path, data):
     """The whole stage-1 path on the CLI: cache (resumable), distil from it, continue with stage 2."""
     teacher_path = tmp_path / "teacher.safetensors"
@@ -142,6 +143,7 @@ def test_precompute_then_distill_then_train(tmp_path, data):
     assert evitsam.load_model(stage2 / "model.safetensors").variant == "tiny"
 
 
+@pytest.mark.slow
 def test_distill_resume_continues_exactly(tmp_path, data):
     teacher = load_teacher(str(_teacher_file(tmp_path)))
     config = DistillConfig.from_dict(FAST | {"max_steps": 3})
@@ -160,6 +162,7 @@ def _teacher_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_distill_on_a_plain_folder_of_photos(tmp_path):
     """Stage 1 needs images only: any folder of photos (sub-folders too) is distillation data."""
     photos = tmp_path / "photos"

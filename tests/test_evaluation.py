@@ -369,6 +369,7 @@ def test_cli_user_errors_are_one_line(tmp_path, coco, tiny_checkpoint, args, mes
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tmp_path, coco, few_objects, tiny_checkpoint):
     """A real 2-process gloo job: 3 images dealt to 2 ranks, results identical to one process."""
     images, _, _ = coco

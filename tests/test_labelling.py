@@ -101,6 +101,7 @@ def reference(job) -> dict:
     return {"output": output, "summary": json.loads(result.stdout), "bytes": output.read_bytes()}
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_coco_file_as_one(job, reference):
     output = job["root"] / "two" / "labels.json"
     process = _torchrun(_args(job, output, "--workers", "1"))
@@ -149,6 +150,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_run_and_a_rerun_give_the_same_file(job, reference):
     output = job["root"] / "killed" / "labels.json"
     parts = output.with_suffix(".parts")

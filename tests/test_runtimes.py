@@ -221,6 +221,7 @@ def test_torch_bf16_where_the_cpu_has_it(model, monkeypatch):
     assert SamPredictor(model, precision="bf16").precision == "bf16"
 
 
+@pytest.mark.slow
 def test_int8_is_calibrated_checked_and_cached(model, predictors, reference, image, shared_data, monkeypatch):
     photos = shared_data / "coco_train_subset" / "images"  # calibration photos; coco_subset is for measuring
     calibration = [load_photo_path(p) for p in sorted(photos.iterdir())[:5]]
