@@ -56,6 +56,7 @@ def _option_help(command: str, option: str) -> str:
     return " ".join(block.split())
 
 
+@pytest.mark.slow
 def test_overlay_and_max_pixels_mean_the_same_on_every_command():
     for option in ("--overlay", "--max-pixels"):
         assert _option_help("segment", option) == _option_help("everything", option)
@@ -100,6 +101,7 @@ def python_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_python_example_runs_as_written(tmp_path):
     """The example (also the README's) uses only the package: run it from an empty folder."""
     done = subprocess.run(

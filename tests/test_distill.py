@@ -39,6 +39,7 @@ def small_sam_encoder():
     return randomize_(encoder.eval(), seed=3)
 
 
+@pytest.mark.slow
 def test_sam_vit_encoder_matches_segment_anything():
     reference = small_sam_encoder()
     config = sam_vit_config(reference.state_dict())
@@ -66,6 +67,7 @@ def test_teacher_from_a_sam_checkpoint_file(tmp_path, monkeypatch):
         load_teacher("vit_h")
 
 
+@pytest.mark.slow
 def test_distillation_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     student = evitsam.build_model("tiny").train()

@@ -298,6 +298,7 @@ def test_lvis_layout_and_ap_with_the_lvis_package(tmp_path, coco):
 
 
 # ------------------------------------------------------------------------------------- real model
+@pytest.mark.slow
 def test_batched_decoding_matches_one_prompt_at_a_time(coco, few_objects, tiny_checkpoint):
     """The official script predicts one object per call; batching must give the same IoUs."""
     images, _, _ = coco
