@@ -66,6 +66,7 @@ def sam_inputs(predictor: SamPredictor, embedding, points=(), labels=(), box=Non
     }
 
 
+@pytest.mark.slow
 def test_encoder_matches_pytorch_for_any_aspect(exported):
     _, predictor, image, sessions = exported
     embedding = sessions["encoder"].run(None, {"input_image": resized(predictor, image)})[0]
@@ -82,6 +83,7 @@ def resized(predictor: SamPredictor, image: np.ndarray) -> np.ndarray:
     return resize_longest_side(image, predictor.model.encoder_size).astype(np.float32)  # the encoder's input
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(684, 1024), (1200, 1800), (300, 200)])
 def test_encoder_resizes_any_input_like_the_predictor(exported, shape):
     """A tool's letterboxed 684x1024 canvas, a photo larger than 1024, one smaller than the encoder size:
