@@ -52,6 +52,7 @@ def test_batched_prompts_equal_single_calls(predictor):
     assert masks.shape == (4, 3, 480, 640) and scores.shape == (4, 3) and low_res.shape == (4, 3, 256, 256)
 
 
+@pytest.mark.slow
 def test_image_conversions(predictor):
     rgb = load_photo("evit_cat.jpg")[:200, :300]
     reference = SamPredictor(predictor.model)
@@ -70,6 +71,7 @@ def test_image_conversions(predictor):
     torch.testing.assert_close(embedding(gray[:, :, None]), embedding(Image.fromarray(gray).convert("RGB")))
 
 
+@pytest.mark.slow
 def test_set_torch_image_matches_set_image(predictor):
     """An encoder-size image gives set_image's embedding exactly; SAM's 1024-frame image (from
     ``predictor.transform.apply_image``) is resized on to the encoder and gives nearly the same."""
@@ -166,6 +168,7 @@ def test_invalid_images(image, message):
     assert not fresh.is_image_set
 
 
+@pytest.mark.slow
 def test_decoder_image_side_is_reused_and_renewed(predictor):
     """The prompt-independent decoder work is computed once per image and gives the uncached result."""
     box = np.array([100, 100, 400, 300])
@@ -251,6 +254,7 @@ def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
         assert torch.equal(model.postprocess_masks(cropped, input_size, original, threshold=threshold), binary)
 
 
+@pytest.mark.slow
 def test_assigned_features_are_never_answered_from_an_old_image(predictor):
     """SAM lets code assign ``features`` / ``original_size`` / ``input_size`` directly (precomputed embeddings):
     the decoder's cached image side follows the features themselves, assigned or changed in place."""

@@ -137,6 +137,7 @@ def test_runtime_gives_the_torch_results(runtime, predictors, reference, expecte
         np.testing.assert_allclose(again[2], got["box"][2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_openvino_compiles_for_the_shapes_where_the_dynamic_decoder_fails(model, image, reference, expected):
     """Some OpenVINO CPU builds cannot shape-infer the dynamic graph at run time; static shapes still run."""
 
@@ -274,6 +275,7 @@ def checkpoint(model, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_exports_single_mask_graphs_with_sams_selection(checkpoint, reference, image, tmp_path):
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "onnx", "--checkpoint", str(checkpoint), "--output", str(out),
