@@ -40,6 +40,7 @@ def test_help_short_and_long_and_version():
     assert (done.returncode, done.stdout) == (0, f"evitsam {package.__version__}\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_has_short_help_plain_usage_and_one_output_spelling(command):
     done = evitsam(*command, "-h")

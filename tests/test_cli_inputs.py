@@ -20,6 +20,8 @@ from evitsam import example_image, read_image, render_overlay
 from evitsam.data.synthetic import SynthSettings, render
 from evitsam.masks import decode_rle
 
+pytestmark = pytest.mark.slow  # every test runs the command in a fresh process
+
 SCENE_POINT = (586, 127)  # an object of the bundled example scene (the synthetic scene seed 21, size 800)
 
 
@@ -62,7 +64,6 @@ def test_prompts_off_the_image_are_refused_before_torch(prompt, shown, wide, tmp
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow
 def test_a_box_reaching_past_the_edge_is_clipped_with_a_notice(tmp_path):
     image = tmp_path / "small.png"
     Image.fromarray(np.full((64, 96, 3), 128, np.uint8)).save(image)
@@ -73,7 +74,6 @@ def test_a_box_reaching_past_the_edge_is_clipped_with_a_notice(tmp_path):
     assert Image.open(tmp_path / "out.png").size == (96, 64)
 
 
-@pytest.mark.slow
 def test_exif_orientation_gives_masks_in_the_displayed_frame(tmp_path):
     """A phone photo stored sideways with EXIF orientation 6: the click and the mask are in the frame people see."""
     upright = Image.open(example_image()).convert("RGB")
@@ -104,7 +104,6 @@ def test_a_folder_given_as_the_image_points_to_everything(tmp_path):
     assert "not found" not in line and "torch" not in modules
 
 
-@pytest.mark.slow
 def test_random_bytes_are_not_a_checkpoint(wide, tmp_path):
     fake = tmp_path / "weights.pt"
     fake.write_bytes(b"\x13" + np.random.default_rng(0).bytes(4095))  # random bytes (not torch.save's magic)
@@ -170,7 +169,6 @@ def test_images_over_the_pixel_limit_get_one_line_with_the_way_out(tmp_path):
     assert "--max-pixels 1000" in one_error_line(done)
 
 
-@pytest.mark.slow
 def test_everything_refuses_to_mix_settings_in_one_folder(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
