@@ -203,9 +203,7 @@ def test_decoder_image_side_is_reused_and_renewed(predictor):
     assert model._decoder_side is None
 
 
-@pytest.mark.parametrize(
-    "masks", [1, 3, pytest.param(5, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("masks", [1, 3, 5, pytest.param(8, marks=pytest.mark.slow)])  # banded: 1, 3
 @pytest.mark.parametrize("original", [(1200, 1800), (1800, 1200), (480, 640), (7, 3000), (333, 333)])
 def test_postprocess_masks_is_sams_two_resizes(masks, original):
     """Banded (few masks) and dense (many) post-processing both equal SAM's upsample-crop-resize."""
