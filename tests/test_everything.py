@@ -104,6 +104,7 @@ def test_kept_set_matches_official_with_default_filters():
     assert_same_records(expected, records)
 
 
+@pytest.mark.slow
 def test_crops_and_small_region_cleanup_follow_sam():
     predictor = tiny_predictor()
     image = load_photo("dog.jpg")
@@ -151,6 +152,7 @@ def test_mask_utilities_match_sam():
     np.testing.assert_array_equal(decode_rle(encode_rle(masks)), masks.numpy())
 
 
+@pytest.mark.slow
 def test_coverage_sampling_decodes_fewer_points_and_keeps_most_masks():
     predictor = tiny_predictor()
     image = load_photo("evit_cat.jpg")

@@ -208,6 +208,7 @@ def test_a_rerun_skips_finished_chunks_and_refuses_another_job(job, reference):
     assert other.exit_code == 2 and "different labelling job" in other.stderr and "min_score" in other.stderr
 
 
+@pytest.mark.slow
 def test_masks_and_scores_are_the_predictors(job, reference):
     """The batched, mean-padded encoder path gives the masks of ``SamPredictor`` (best of three, box prompt)."""
     predictor = evitsam.SamPredictor(evitsam.load_model("nano").eval())
@@ -224,6 +225,7 @@ def test_masks_and_scores_are_the_predictors(job, reference):
             assert annotation["predicted_iou"] == pytest.approx(float(scores[best]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_coco_images_list_carries_categories_and_everything_mode(job, tmp_path):
     names = sorted(p.name for p in job["images"].glob("*.jpg") if "broken" not in p.name)[:2]
     categories = [{"id": 7, "name": "thing"}, {"id": 9, "name": "other"}]
