@@ -177,6 +177,7 @@ def test_a_rank_killed_mid_run_and_a_rerun_give_the_same_file(job, reference):
     assert output.read_bytes() == reference["bytes"]
 
 
+@pytest.mark.slow
 def test_merge_is_idempotent_and_needs_every_chunk(job, reference, tmp_path):
     parts = reference["output"].with_suffix(".parts")
     for _ in range(2):
@@ -198,6 +199,7 @@ def test_merge_is_idempotent_and_needs_every_chunk(job, reference, tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_chunks_and_refuses_another_job(job, reference):
     again = _run_here(_args(job, reference["output"], "--workers", "0"))
     assert again.exit_code == 0, again.output

@@ -311,6 +311,7 @@ def test_cli_exports_single_mask_graphs_with_sams_selection(checkpoint, referenc
         assert ((masks[0, 0] > 0) == expected[best]).mean() >= PIXEL_AGREEMENT
 
 
+@pytest.mark.slow
 def test_cli_segment_with_openvino(checkpoint, reference, image, predictors, tmp_path, shared_data):
     out = tmp_path / "mask.png"
     result = runner.invoke(app, ["segment", str(shared_data / "images" / "dog.jpg"), "--checkpoint", str(checkpoint),
