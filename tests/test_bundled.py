@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from PIL import Image
 from safetensors import safe_open
+from support import REPO
 from typer.testing import CliRunner
 
 import evitsam
@@ -58,6 +58,7 @@ def test_a_damaged_bundle_is_refused():
         bundled_weights(variant)
 
 
+@pytest.mark.slow
 def test_it_segments_held_out_generated_scenes_from_boxes(model):
     predictor = evitsam.SamPredictor(model)
     ious = []
@@ -98,6 +99,7 @@ def test_readme_quickstart_segments_the_example_offline(tmp_path, monkeypatch):
     assert (mask & truth).sum() / (mask | truth).sum() > 0.6  # 0.74 with the bundled model
 
 
+@pytest.mark.slow
 def test_everything_with_the_bundled_model_keeps_masks(tmp_path, monkeypatch):
     """Its IoU head predicts lower than SAM's: `evitsam everything` uses the model's own thresholds."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

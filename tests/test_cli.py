@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 from PIL import Image
+from support import randomize_
 from typer.testing import CliRunner
 
 import evitsam
@@ -72,6 +72,7 @@ def bbox(mask: np.ndarray) -> list[int] | None:
     return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])] if rows.size else None
 
 
+@pytest.mark.slow
 def test_point_prompt_writes_the_predictor_mask(checkpoint, photo, reference, tmp_path):
     out = tmp_path / "new" / "dir" / "mask.png"
     result = run(
@@ -109,6 +110,7 @@ def test_point_prompt_writes_the_predictor_mask(checkpoint, photo, reference, tm
     }
 
 
+@pytest.mark.slow
 def test_several_boxes_write_one_mask_each_and_an_overlay(checkpoint, photo, reference, tmp_path):
     out, overlay = tmp_path / "mask.png", tmp_path / "mask_overlay.jpg"
     boxes = [",".join(map(str, box)) for box in BOXES]
@@ -147,6 +149,7 @@ def test_several_boxes_write_one_mask_each_and_an_overlay(checkpoint, photo, ref
     assert green > 150 and red < 80 and blue < 80, "the foreground point is not drawn as a green dot"
 
 
+@pytest.mark.slow
 def test_model_name_resolves_from_the_cache(checkpoint, photo, reference, tmp_path, monkeypatch):
     monkeypatch.setenv("EVITSAM_HOME", str(checkpoint.parent))
     out = tmp_path / "mask.png"
@@ -157,6 +160,7 @@ def test_model_name_resolves_from_the_cache(checkpoint, photo, reference, tmp_pa
     np.testing.assert_array_equal(read_mask(out), masks[0].astype(np.uint8) * 255)
 
 
+@pytest.mark.slow
 def test_convert_writes_safetensors_that_load_identically(checkpoint, photo, reference, tmp_path):
     target = tmp_path / "converted" / "l0.safetensors"
     result = run("convert", checkpoint, target)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from cli_run import evitsam, imports
-from conftest import REPO
+from support import REPO
 
 import evitsam as package
 from evitsam.data.synthetic import SynthSettings, render
@@ -40,6 +40,7 @@ def test_help_short_and_long_and_version():
     assert (done.returncode, done.stdout) == (0, f"evitsam {package.__version__}\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_has_short_help_plain_usage_and_one_output_spelling(command):
     done = evitsam(*command, "-h")
@@ -56,6 +57,7 @@ def _option_help(command: str, option: str) -> str:
     return " ".join(block.split())
 
 
+@pytest.mark.slow
 def test_overlay_and_max_pixels_mean_the_same_on_every_command():
     for option in ("--overlay", "--max-pixels"):
         assert _option_help("segment", option) == _option_help("everything", option)
@@ -100,6 +102,7 @@ def python_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_python_example_runs_as_written(tmp_path):
     """The example (also the README's) uses only the package: run it from an empty folder."""
     done = subprocess.run(

@@ -20,6 +20,8 @@ from evitsam import example_image, read_image, render_overlay
 from evitsam.data.synthetic import SynthSettings, render
 from evitsam.masks import decode_rle
 
+pytestmark = pytest.mark.slow  # every test runs the command in a fresh process
+
 SCENE_POINT = (586, 127)  # an object of the bundled example scene (the synthetic scene seed 21, size 800)
 
 

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo
 from PIL import Image
+from support import load_photo
 
 from evitsam.data import CocoDataset, ImageFolder, SA1BDataset, SampleError, collate_samples, open_dataset
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 import evitsam
@@ -39,6 +39,7 @@ def small_sam_encoder():
     return randomize_(encoder.eval(), seed=3)
 
 
+@pytest.mark.slow
 def test_sam_vit_encoder_matches_segment_anything():
     reference = small_sam_encoder()
     config = sam_vit_config(reference.state_dict())
@@ -66,6 +67,7 @@ def test_teacher_from_a_sam_checkpoint_file(tmp_path, monkeypatch):
         load_teacher("vit_h")
 
 
+@pytest.mark.slow
 def test_distillation_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     student = evitsam.build_model("tiny").train()
@@ -104,6 +106,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads, strict=True))
 
 
+@pytest.mark.slow
 def test_precompute_then_distill_then_train(tmp_path, data):
     """The whole stage-1 path on the CLI: cache (resumable), distil from it, continue with stage 2."""
     teacher_path = tmp_path / "teacher.safetensors"
@@ -142,6 +145,7 @@ def test_precompute_then_distill_then_train(tmp_path, data):
     assert evitsam.load_model(stage2 / "model.safetensors").variant == "tiny"
 
 
+@pytest.mark.slow
 def test_distill_resume_continues_exactly(tmp_path, data):
     teacher = load_teacher(str(_teacher_file(tmp_path)))
     config = DistillConfig.from_dict(FAST | {"max_steps": 3})
@@ -160,6 +164,7 @@ def _teacher_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_distill_on_a_plain_folder_of_photos(tmp_path):
     """Stage 1 needs images only: any folder of photos (sub-folders too) is distillation data."""
     photos = tmp_path / "photos"

@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 from oracles import OraclePredictor
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support import randomize_
 from typer.testing import CliRunner
 
 import evitsam
@@ -298,6 +298,7 @@ def test_lvis_layout_and_ap_with_the_lvis_package(tmp_path, coco):
 
 
 # ------------------------------------------------------------------------------------- real model
+@pytest.mark.slow
 def test_batched_decoding_matches_one_prompt_at_a_time(coco, few_objects, tiny_checkpoint):
     """The official script predicts one object per call; batching must give the same IoUs."""
     images, _, _ = coco
@@ -369,6 +370,7 @@ def test_cli_user_errors_are_one_line(tmp_path, coco, tiny_checkpoint, args, mes
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tmp_path, coco, few_objects, tiny_checkpoint):
     """A real 2-process gloo job: 3 images dealt to 2 ranks, results identical to one process."""
     images, _, _ = coco

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 from evitsam import MaskGenerator, SamPredictor, build_model
@@ -84,6 +84,7 @@ def assert_same_records(reference: list[dict], ours: list[dict]) -> None:
         assert all(type(value) is int for value in out["bbox"] + out["crop_box"])  # pixels, as SAM's bbox
 
 
+@pytest.mark.slow
 def test_every_record_matches_official_without_filters():
     reference, ours = l0_pair()
     image = load_photo("evit_cat.jpg")
@@ -93,6 +94,7 @@ def test_every_record_matches_official_without_filters():
     assert_same_records(expected, records)
 
 
+@pytest.mark.slow
 def test_kept_set_matches_official_with_default_filters():
     reference, ours = l0_pair()
     image = load_photo("groceries.jpg", portrait=True)
@@ -103,6 +105,7 @@ def test_kept_set_matches_official_with_default_filters():
     assert_same_records(expected, records)
 
 
+@pytest.mark.slow
 def test_crops_and_small_region_cleanup_follow_sam():
     predictor = tiny_predictor()
     image = load_photo("dog.jpg")
@@ -116,6 +119,7 @@ def test_crops_and_small_region_cleanup_follow_sam():
     assert_same_records(expected, records)
 
 
+@pytest.mark.slow
 def test_output_modes_match_sam():
     predictor = tiny_predictor()
     image = load_photo("evit_cat.jpg")
@@ -149,6 +153,7 @@ def test_mask_utilities_match_sam():
     np.testing.assert_array_equal(decode_rle(encode_rle(masks)), masks.numpy())
 
 
+@pytest.mark.slow
 def test_coverage_sampling_decodes_fewer_points_and_keeps_most_masks():
     predictor = tiny_predictor()
     image = load_photo("evit_cat.jpg")
@@ -226,6 +231,7 @@ def run_cli(*args: object):
     return CliRunner().invoke(app, ["everything", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_cli_folder_writes_sam_records_skips_bad_files_and_resumes(tiny_checkpoint, shared_data, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -281,6 +287,7 @@ def test_cli_png_format_writes_one_png_per_mask(tiny_checkpoint, shared_data, tm
         assert int((mask > 0).sum()) == record["area"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_other_runtimes_give_the_torch_records(runtime, tmp_path, monkeypatch):
     monkeypatch.setenv("EVITSAM_HOME", str(tmp_path))  # exported graphs go to a private cache
@@ -298,6 +305,7 @@ def test_other_runtimes_give_the_torch_records(runtime, tmp_path, monkeypatch):
         MaskGenerator(tiny_predictor(), runtime=runtime)
 
 
+@pytest.mark.slow
 def test_cli_runs_everything_on_openvino(tiny_checkpoint, shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("EVITSAM_HOME", str(tmp_path / "home"))
     photo = shared_data / "images" / "evit_cat.jpg"

@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 import yaml
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 from evitsam.export import export_onnx
@@ -66,6 +66,7 @@ def sam_inputs(predictor: SamPredictor, embedding, points=(), labels=(), box=Non
     }
 
 
+@pytest.mark.slow
 def test_encoder_matches_pytorch_for_any_aspect(exported):
     _, predictor, image, sessions = exported
     embedding = sessions["encoder"].run(None, {"input_image": resized(predictor, image)})[0]
@@ -82,6 +83,7 @@ def resized(predictor: SamPredictor, image: np.ndarray) -> np.ndarray:
     return resize_longest_side(image, predictor.model.encoder_size).astype(np.float32)  # the encoder's input
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(684, 1024), (1200, 1800), (300, 200)])
 def test_encoder_resizes_any_input_like_the_predictor(exported, shape):
     """A tool's letterboxed 684x1024 canvas, a photo larger than 1024, one smaller than the encoder size:
@@ -97,6 +99,7 @@ def test_encoder_resizes_any_input_like_the_predictor(exported, shape):
     assert rel_err(reference.features, embedding) < 1e-2  # PIL's fixed-point weights: a few pixels differ by 1
 
 
+@pytest.mark.slow
 def test_encoder_refuses_an_input_it_would_resize_to_nothing(exported):
     _, _, _, sessions = exported
     with pytest.raises(Exception, match="[Rr]eshape"):  # the graph's check: no empty side after resizing
@@ -105,6 +108,7 @@ def test_encoder_refuses_an_input_it_would_resize_to_nothing(exported):
         EncoderGraph(exported[1].model)(torch.zeros(1, 2000, 3))
 
 
+@pytest.mark.slow
 def test_resized_input_equals_pil_pixel_for_pixel(exported):
     _, _, image, _ = exported
     tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).float()
@@ -143,6 +147,7 @@ def predictor_kwargs(case: dict) -> dict:
     return kwargs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["point", "negative_point", "box", "point_and_box", "mask_input"])
 def test_decoder_matches_predictor(exported, case):
     _, predictor, image, sessions = exported
@@ -167,6 +172,7 @@ def test_decoder_matches_predictor(exported, case):
         assert rel_err(logits, low_res[0, tokens]) < REL_TOL
 
 
+@pytest.mark.slow
 def test_decoder_has_sams_signature_and_dynamic_sizes(exported):
     _, predictor, _, sessions = exported
     inputs = {i.name: (i.shape, i.type) for i in sessions["decoder"].get_inputs()}
@@ -193,6 +199,7 @@ def test_decoder_has_sams_signature_and_dynamic_sizes(exported):
         assert masks.shape == (1, 4, *size) and iou.shape == (1, 4)
 
 
+@pytest.mark.slow
 def test_boxes_decoder_matches_batched_predictor(exported):
     _, predictor, image, sessions = exported
     height, width = image.shape[:2]
@@ -212,6 +219,7 @@ def test_boxes_decoder_matches_batched_predictor(exported):
     np.testing.assert_allclose(iou, scores.numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_config_points_tools_at_the_single_mask_decoder(exported):
     paths, predictor, image, sessions = exported
     config = yaml.safe_load(Path(paths["config"]).read_text())
@@ -232,6 +240,7 @@ def test_config_points_tools_at_the_single_mask_decoder(exported):
     assert iou[0, 0] == pytest.approx(scores[best], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_decoders_have_no_gemm_on_computed_inputs(exported):
     """ONNX Runtime's quantize_dynamic names its Transpose of a computed Gemm input after that input; the
     image tokens feed three projections, so such Gemms would make the quantised model invalid."""

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support import REPO
 
 spec = importlib.util.spec_from_file_location("fetch_coco_subset", REPO / "scripts" / "fetch_coco_subset.py")
 fetch_coco_subset = importlib.util.module_from_spec(spec)

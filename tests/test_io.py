@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import load_photo
 from PIL import Image, ImageOps
+from support import load_photo
 
 import evitsam
 from evitsam.io import (
@@ -113,6 +113,7 @@ def test_all_eight_orientations_as_pillow_turns_them():
         np.testing.assert_array_equal(orient(stored, orientation), expected)  # the 16-bit colour path's turns
 
 
+@pytest.mark.slow
 def test_predictor_masks_line_up_with_the_displayed_image(tmp_path):
     """A box around an object, given in the displayed frame, gives the same mask for the upright file and
     for phone files that store it turned (masks come back in the displayed frame)."""

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from support import load_photo
 from typer.testing import CliRunner
 
 import evitsam
@@ -101,6 +101,7 @@ def reference(job) -> dict:
     return {"output": output, "summary": json.loads(result.stdout), "bytes": output.read_bytes()}
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_coco_file_as_one(job, reference):
     output = job["root"] / "two" / "labels.json"
     process = _torchrun(_args(job, output, "--workers", "1"))
@@ -149,6 +150,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_run_and_a_rerun_give_the_same_file(job, reference):
     output = job["root"] / "killed" / "labels.json"
     parts = output.with_suffix(".parts")
@@ -175,6 +177,7 @@ def test_a_rank_killed_mid_run_and_a_rerun_give_the_same_file(job, reference):
     assert output.read_bytes() == reference["bytes"]
 
 
+@pytest.mark.slow
 def test_merge_is_idempotent_and_needs_every_chunk(job, reference, tmp_path):
     parts = reference["output"].with_suffix(".parts")
     for _ in range(2):
@@ -196,6 +199,7 @@ def test_merge_is_idempotent_and_needs_every_chunk(job, reference, tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_chunks_and_refuses_another_job(job, reference):
     again = _run_here(_args(job, reference["output"], "--workers", "0"))
     assert again.exit_code == 0, again.output
@@ -206,6 +210,7 @@ def test_a_rerun_skips_finished_chunks_and_refuses_another_job(job, reference):
     assert other.exit_code == 2 and "different labelling job" in other.stderr and "min_score" in other.stderr
 
 
+@pytest.mark.slow
 def test_masks_and_scores_are_the_predictors(job, reference):
     """The batched, mean-padded encoder path gives the masks of ``SamPredictor`` (best of three, box prompt)."""
     predictor = evitsam.SamPredictor(evitsam.load_model("nano").eval())
@@ -222,6 +227,7 @@ def test_masks_and_scores_are_the_predictors(job, reference):
             assert annotation["predicted_iou"] == pytest.approx(float(scores[best]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_coco_images_list_carries_categories_and_everything_mode(job, tmp_path):
     names = sorted(p.name for p in job["images"].glob("*.jpg") if "broken" not in p.name)[:2]
     categories = [{"id": 7, "name": "thing"}, {"id": 9, "name": "other"}]

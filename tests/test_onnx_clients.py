@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import load_photo, randomize_
 from gui_stubs import client_package
+from support import load_photo, randomize_
 
 import evitsam
 from evitsam import SamPredictor
 from evitsam.export import export_onnx
+
+pytestmark = pytest.mark.slow  # installs and runs the real client packages
 
 ort = pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
 cv2 = pytest.importorskip("cv2", reason="the clients need opencv")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import evitsam
 from evitsam.data import open_dataset
 from evitsam.training.config import TrainConfig
 from evitsam.training.train import train
+
+pytestmark = pytest.mark.slow  # a real training run
 
 IMAGE_ID = "458054"  # the SA-1B sample image with the largest objects (4 masks of 7k-47k pixels)
 RECIPE = dict(max_masks=4, batch_size=1, hflip=0.0, val_fraction=0.0, box_prob=1.0, box_jitter=0.0,

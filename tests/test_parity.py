@@ -10,9 +10,11 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
+
+pytestmark = pytest.mark.slow  # every official variant against the reference code
 
 official_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="install the [test] extra")
 from efficientsam.models.efficientvit.sam import EfficientViTSamPredictor  # noqa: E402

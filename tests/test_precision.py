@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 
@@ -57,6 +57,7 @@ def test_attention_stays_fp32_under_autocast():
     assert ((half.float() - reference).abs().max() / reference.abs().max()).item() < 0.05
 
 
+@pytest.mark.slow
 def test_bf16_decoder_products_agree_with_fp32(monkeypatch):
     """precision="bf16" also runs the masks' largest per-pixel products in bf16 (AMX): the trained bundled
     model's masks on a real photo must stay those of fp32 (the accuracy gate of benchmarks/runtimes.py)."""

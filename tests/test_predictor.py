@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_photo, randomize_
 from PIL import Image
+from support import load_photo, randomize_
 
 from evitsam import SamPredictor, build_model
 from evitsam.transforms import get_preprocess_shape, resize_longest_side
@@ -52,6 +52,7 @@ def test_batched_prompts_equal_single_calls(predictor):
     assert masks.shape == (4, 3, 480, 640) and scores.shape == (4, 3) and low_res.shape == (4, 3, 256, 256)
 
 
+@pytest.mark.slow
 def test_image_conversions(predictor):
     rgb = load_photo("evit_cat.jpg")[:200, :300]
     reference = SamPredictor(predictor.model)
@@ -70,6 +71,7 @@ def test_image_conversions(predictor):
     torch.testing.assert_close(embedding(gray[:, :, None]), embedding(Image.fromarray(gray).convert("RGB")))
 
 
+@pytest.mark.slow
 def test_set_torch_image_matches_set_image(predictor):
     """An encoder-size image gives set_image's embedding exactly; SAM's 1024-frame image (from
     ``predictor.transform.apply_image``) is resized on to the encoder and gives nearly the same."""
@@ -166,6 +168,7 @@ def test_invalid_images(image, message):
     assert not fresh.is_image_set
 
 
+@pytest.mark.slow
 def test_decoder_image_side_is_reused_and_renewed(predictor):
     """The prompt-independent decoder work is computed once per image and gives the uncached result."""
     box = np.array([100, 100, 400, 300])
@@ -200,7 +203,7 @@ def test_decoder_image_side_is_reused_and_renewed(predictor):
     assert model._decoder_side is None
 
 
-@pytest.mark.parametrize("masks", [1, 3, 5, 8])
+@pytest.mark.parametrize("masks", [1, 3, 5, pytest.param(8, marks=pytest.mark.slow)])  # banded: 1, 3
 @pytest.mark.parametrize("original", [(1200, 1800), (1800, 1200), (480, 640), (7, 3000), (333, 333)])
 def test_postprocess_masks_is_sams_two_resizes(masks, original):
     """Banded (few masks) and dense (many) post-processing both equal SAM's upsample-crop-resize."""
@@ -251,6 +254,7 @@ def test_thresholded_masks_skip_constant_tiles_exactly(masks, original):
         assert torch.equal(model.postprocess_masks(cropped, input_size, original, threshold=threshold), binary)
 
 
+@pytest.mark.slow
 def test_assigned_features_are_never_answered_from_an_old_image(predictor):
     """SAM lets code assign ``features`` / ``original_size`` / ``input_size`` directly (precomputed embeddings):
     the decoder's cached image side follows the features themselves, assigned or changed in place."""

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import load_photo, randomize_
+from support import load_photo, randomize_
 from typer.testing import CliRunner
 
 import evitsam
@@ -137,6 +137,7 @@ def test_runtime_gives_the_torch_results(runtime, predictors, reference, expecte
         np.testing.assert_allclose(again[2], got["box"][2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_openvino_compiles_for_the_shapes_where_the_dynamic_decoder_fails(model, image, reference, expected):
     """Some OpenVINO CPU builds cannot shape-infer the dynamic graph at run time; static shapes still run."""
 
@@ -221,6 +222,7 @@ def test_torch_bf16_where_the_cpu_has_it(model, monkeypatch):
     assert SamPredictor(model, precision="bf16").precision == "bf16"
 
 
+@pytest.mark.slow
 def test_int8_is_calibrated_checked_and_cached(model, predictors, reference, image, shared_data, monkeypatch):
     photos = shared_data / "coco_train_subset" / "images"  # calibration photos; coco_subset is for measuring
     calibration = [load_photo_path(p) for p in sorted(photos.iterdir())[:5]]
@@ -273,6 +275,7 @@ def checkpoint(model, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_exports_single_mask_graphs_with_sams_selection(checkpoint, reference, image, tmp_path):
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "onnx", "--checkpoint", str(checkpoint), "--output", str(out),
@@ -308,6 +311,7 @@ def test_cli_exports_single_mask_graphs_with_sams_selection(checkpoint, referenc
         assert ((masks[0, 0] > 0) == expected[best]).mean() >= PIXEL_AGREEMENT
 
 
+@pytest.mark.slow
 def test_cli_segment_with_openvino(checkpoint, reference, image, predictors, tmp_path, shared_data):
     out = tmp_path / "mask.png"
     result = runner.invoke(app, ["segment", str(shared_data / "images" / "dog.jpg"), "--checkpoint", str(checkpoint),

@@ -20,11 +20,13 @@ import pytest
 import segment_anything
 import torch
 from clients import install_client
-from conftest import load_photo
+from support import load_photo
 
 import evitsam
 from evitsam import SamPredictor
 from evitsam.everything import MaskGenerator
+
+pytestmark = pytest.mark.slow  # installs and runs the real client packages
 
 # SAM's predictor notebook (predictor_example.ipynb) prompts on truck.jpg, and its batched-inference boxes.
 POINT = np.array([[500, 375]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
+from support import randomize_
 
 from evitsam import build_model
 from evitsam.transforms import SamTransform, get_preprocess_shape

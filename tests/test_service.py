@@ -156,6 +156,7 @@ def test_embedding_is_npy_with_what_a_client_needs_to_decode(client, truck_id, r
     assert_error(client.get(f"/v1/images/{truck_id}/embedding", params={"dtype": "int8"}), 422, "dtype")
 
 
+@pytest.mark.slow
 def test_everything_equals_mask_generator(client, service, truck, truck_id):
     answer = client.post("/v1/everything", json={"image_id": truck_id, "points_per_side": 8})
     assert answer.status_code == 200, answer.text

@@ -233,6 +233,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_real_server_process_serves_and_stops_on_ctrl_c(photo):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")

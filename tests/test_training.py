@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, randomize_
+from support import REPO, randomize_
 from typer.testing import CliRunner
 
 import evitsam
@@ -31,6 +31,7 @@ def params(path):
     return evitsam.load_model(path).state_dict()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, data):
     train(TrainConfig.from_dict(FAST | {"max_steps": 3}), data, tmp_path / "a", progress=False)
     train(TrainConfig.from_dict(FAST | {"max_steps": 3}), data, tmp_path / "b", progress=False, stop_at=2)
@@ -46,6 +47,7 @@ def test_resume_continues_exactly(tmp_path, data):
         train(TrainConfig.from_dict(FAST | {"max_steps": 1}), data, tmp_path / "a", progress=False)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_complete_run_folder(tmp_path, data):
     out = tmp_path / "run"
     result = CliRunner().invoke(
@@ -63,6 +65,7 @@ def test_cli_writes_a_complete_run_folder(tmp_path, data):
     assert bad.exit_code == 2 and "key=value" in bad.stderr
 
 
+@pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_in_sync(tmp_path, data):
     """A real torchrun job (gloo): both ranks hold identical parameters after a step.
 
@@ -129,6 +132,7 @@ def test_auto_variant_needs_init(tmp_path, data):
         train(TrainConfig.from_dict(FAST | {"variant": "auto", "max_steps": 1}), data, tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_finetune_recipe_on_coco_data_from_a_checkpoint_under_bf16(tmp_path, shared_data):
     """configs/finetune.yaml (variant auto) on COCO-layout photos, starting from a file, autocast bf16."""
     start = tmp_path / "start.safetensors"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import REPO, randomize_
+from support import REPO, randomize_
 
 import evitsam
 from evitsam.data import open_dataset
@@ -48,6 +48,7 @@ def test_batched_step_pairs_every_mask_with_its_own_image(data, monkeypatch):
     torch.testing.assert_close(seen[0], torch.cat(alone), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_data_workers_train_exactly_like_the_main_process(tmp_path, data):
     settings = FAST | {"max_steps": 2, "batch_size": 2}
     train(TrainConfig.from_dict(settings), data, tmp_path / "inline", progress=False)
@@ -59,6 +60,7 @@ def test_data_workers_train_exactly_like_the_main_process(tmp_path, data):
         TrainConfig.from_dict({"workers": -1})
 
 
+@pytest.mark.slow
 def test_time_box_shortens_the_schedule_and_ends_with_final_weights(tmp_path, data):
     config = TrainConfig.from_dict(FAST | {"max_steps": 50, "max_minutes": 1e-4, "warmup_steps": 0})
     train(config, data, tmp_path / "boxed", progress=False)
@@ -71,6 +73,7 @@ def test_time_box_shortens_the_schedule_and_ends_with_final_weights(tmp_path, da
     assert [json.loads(line)["step"] for line in (tmp_path / "roomy" / "metrics.jsonl").open()] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_gpu_training_script_runs_end_to_end_on_cpu(tmp_path):
     """The one-call GPU script, shrunk: scenes, training with workers, fp16 export, summary line."""
     env = os.environ | {"OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}

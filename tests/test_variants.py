@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
+from support import REPO
 
 from evitsam import VARIANTS, build_model, get_variant
 from evitsam.weights import expected_shapes

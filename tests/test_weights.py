@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import randomize_
+from support import randomize_
 
 import evitsam
 from evitsam import CheckpointError, build_model, convert_checkpoint, load_model
@@ -124,6 +124,7 @@ def test_variants_without_published_weights_say_so():
         load_model("tiny")
 
 
+@pytest.mark.slow
 def test_half_precision_conversion_halves_the_file_and_loads_as_fp32(tmp_path, l0_file, l0_state):
     full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
     assert convert_checkpoint(l0_file, full) == convert_checkpoint(l0_file, half, half=True) == "l0"

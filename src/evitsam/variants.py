@@ -36,10 +36,6 @@ class Variant:
     def name(self) -> str:
         return self.config.name
 
-    @property
-    def official_name(self) -> str:
-        return f"efficientvit-sam-{self.name}"
-
 
 def _l(name: str, depths: tuple[int, ...], neck_depth: int) -> SamConfig:
     return SamConfig(name, BackboneConfig(_L_WIDTHS, depths, _L_TYPES, _L_EXPANDS), (4, 3, 2), neck_depth, 1, 512)

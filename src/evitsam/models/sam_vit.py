@@ -145,13 +145,3 @@ class SamViTEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
-
-
-def sam_vit_name(state_dict: dict[str, torch.Tensor]) -> str:
-    """``vit_b``/``vit_l``/``vit_h`` from an image-encoder state dict (width and depth)."""
-    width = state_dict["pos_embed"].shape[-1]
-    depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("blocks."))
-    for name, config in SAM_VITS.items():
-        if (config.width, config.depth) == (width, depth):
-            return name
-    raise ValueError(f"not a SAM ViT-B/L/H image encoder: width {width}, {depth} blocks")
