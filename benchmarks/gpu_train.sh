@@ -45,8 +45,9 @@ WORK=${TMPDIR:-/tmp}/evitsam-gpu-train
 OUT=${OUT:-$WORK/out}
 rm -rf "$WORK/run" && mkdir -p "$WORK" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-if [[ -d "$STAGE/whl" ]] && ! python3 -c "import pycocotools" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$STAGE"/whl/*.whl
+PY=${PYTHON:-python3}  # the interpreter with torch (the GPU machine's python3)
+if [[ -d "$STAGE/whl" ]] && ! "$PY" -c "import pycocotools" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$STAGE"/whl/*.whl
     export PYTHONPATH=$PYTHONPATH:$WORK/site
 fi
 SETTINGS=(--set "batch_size=$BATCH" --set "workers=$WORKERS")
@@ -56,26 +57,26 @@ if [[ "$DEVICE" == "cpu" ]]; then
 else
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 # 1. Scenes: the model card's generator and seed (scene i depends only on the seed and i), more of them.
 COCO=()
 [[ -d "$STAGE/coco_train" ]] && COCO=(--coco "$STAGE/coco_train" --real)
-python3 -m evitsam data synth --out "$WORK/synth" --images "$SCENES" --seed 0 --size 384 "${COCO[@]}" \
+"$PY" -m evitsam data synth --out "$WORK/synth" --images "$SCENES" --seed 0 --size 384 "${COCO[@]}" \
     --workers "$(nproc)" | tee "$OUT/synth.json"
 
 # 2. Train from the shipped weights until the time box, leaving EXPORT_S for writing the results.
-MINUTES=$(python3 -c "print(max(0.5, ($TOTAL_S - $EXPORT_S - ($SECONDS - $START)) / 60))")
+MINUTES=$("$PY" -c "print(max(0.5, ($TOTAL_S - $EXPORT_S - ($SECONDS - $START)) / 60))")
 [[ -n "$MAX_STEPS" ]] && SETTINGS+=(--max-steps "$MAX_STEPS")
 echo "training for at most $MINUTES minutes"
-python3 -m evitsam train configs/nano-gpu.yaml --data "$WORK/synth" --init src/evitsam/assets/nano.safetensors \
+"$PY" -m evitsam train configs/nano-gpu.yaml --data "$WORK/synth" --init src/evitsam/assets/nano.safetensors \
     --out "$WORK/run" --set "max_minutes=$MINUTES" "${SETTINGS[@]}" 2>&1 | tr '\r' '\n' | grep -v '^train:' || true
 [[ -f "$WORK/run/model.safetensors" ]] || { echo "training did not finish: no model.safetensors" >&2; exit 1; }
 
 # 3. Results: fp16 weights (the bundled format), the log, the throughput.
-python3 -m evitsam convert "$WORK/run/model.safetensors" "$OUT/model.safetensors" --half
+"$PY" -m evitsam convert "$WORK/run/model.safetensors" "$OUT/model.safetensors" --half
 cp "$WORK/run/metrics.jsonl" "$WORK/run/config.yaml" "$OUT/"
-python3 - "$OUT/metrics.jsonl" <<'EOF'
+"$PY" - "$OUT/metrics.jsonl" <<'EOF'
 import json, sys
 records = [json.loads(line) for line in open(sys.argv[1])]
 last = records[-1]

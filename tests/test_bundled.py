@@ -73,7 +73,7 @@ def test_it_segments_held_out_generated_scenes_from_boxes(model):
         ious.extend((best & masks).sum((1, 2)) / (best | masks).sum((1, 2)))
     assert len(ious) >= 30
     # The bundled model reaches a mean IoU of 0.65 (median 0.73, 12 of 37 above 0.8) on these 37 objects
-    # (MODEL_CARD.md); the aim (> 0.8 each) needs more training. This guards what it does: follow
+    # (docs/model_card.md); a better model would reach > 0.8 each. This guards what it does: follow
     # box prompts, far above untrained.
     assert np.mean(ious) > 0.5, np.round(ious, 2)
     assert max(ious) > 0.8

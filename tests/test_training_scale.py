@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def test_time_box_shortens_the_schedule_and_ends_with_final_weights(tmp_path, da
 @pytest.mark.slow
 def test_gpu_training_script_runs_end_to_end_on_cpu(tmp_path):
     """The one-call GPU script, shrunk: scenes, training with workers, fp16 export, summary line."""
-    env = os.environ | {"OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
+    env = os.environ | {"OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path), "PYTHON": sys.executable}
     command = ["bash", "benchmarks/gpu_train.sh", "--device", "cpu", "--max-steps", "1", "--scenes", "4",
                "--batch", "2", "--workers", "1"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -8,7 +8,7 @@ from .models import BackboneConfig, EfficientViTSam, SamConfig
 
 HF_REPO = "mit-han-lab/efficientvit-sam"
 # The model ``load_model()`` and every CLI command use when none is named: small, trained by our own
-# pipeline, shipped in the package, so a first command works offline (MODEL_CARD.md).
+# pipeline, shipped in the package, so a first command works offline (docs/model_card.md).
 DEFAULT_VARIANT = "nano"
 BUNDLED_FILE = "nano.safetensors"
 BUNDLED_SHA256 = "e461d37d6f78f546b7d2861c3a33e2a1aace0ab5d61274e9f631ce9f82227a8e"
@@ -67,8 +67,8 @@ VARIANTS: dict[str, Variant] = {
                 embed_size=32,
             )
         ),
-        # The bundled default model (issue 4): trained by our own pipeline on synthetic scenes and COCO
-        # train2017 cut-outs (configs/nano.yaml, MODEL_CARD.md); 5.0 M encoder parameters, 256 px encoder,
+        # The bundled default model: trained by our own pipeline on synthetic scenes and COCO
+        # train2017 cut-outs (configs/nano.yaml, docs/model_card.md); 5.0 M encoder parameters, 256 px encoder,
         # 32x32 grid, SAM's prompt encoder and decoder. Ships in the package as fp16 safetensors.
         Variant(
             SamConfig(
@@ -83,7 +83,7 @@ VARIANTS: dict[str, Variant] = {
             bundled_file=BUNDLED_FILE,
             sha256=BUNDLED_SHA256,
             # its IoU head rarely predicts above 0.7 and its logits are soft: SAM's 0.88 / 0.95 keep no mask;
-            # these keep 30-70 masks on the demo photos at 32x32 (MODEL_CARD.md)
+            # these keep 30-70 masks on the demo photos at 32x32 (docs/model_card.md)
             everything_thresholds=(0.5, 0.4),
         ),
     ]
