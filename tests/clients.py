@@ -16,7 +16,8 @@ CLIENTS_DIR = Path(__file__).resolve().parent / ".clients"
 
 def install_client(requirement: str) -> Path:
     """``pip install --no-deps`` ``requirement`` (e.g. ``"samexporter==0.5.0"``) once; returns its folder,
-    which is also prepended to ``sys.path``."""
+    which is also appended to ``sys.path``: a package the environment has keeps the environment's version, so
+    a client's pins never shadow what later tests import (compiled modules of other versions can crash)."""
     folder = CLIENTS_DIR / requirement.replace("==", "-").replace("/", "_")
     marker = folder / ".installed"
     if not marker.exists():
@@ -27,5 +28,5 @@ def install_client(requirement: str) -> Path:
             raise RuntimeError(f"could not install {requirement}: {result.stderr.strip()[-2000:]}")
         marker.write_text(requirement)
     if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+        sys.path.append(str(folder))
     return folder

@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from support import DATA
+
+PILLOW_DEFAULTS = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)  # as this process started
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +20,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def pillow_limit() -> Iterator[None]:
-    """Every test starts from the same process-wide Pillow ceiling: CLI commands run in-process raise it."""
-    limit = Image.MAX_IMAGE_PIXELS
+    """Every test starts from Pillow's process-wide settings as they were: CLI commands run in-process raise the
+    pixel ceiling, and client packages (clients.py) switch on loading truncated images."""
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = PILLOW_DEFAULTS
     yield
-    Image.MAX_IMAGE_PIXELS = limit
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = PILLOW_DEFAULTS
