@@ -61,7 +61,7 @@ def batched_forward(model: EfficientViTSam, batched_input: list[dict], multimask
         if prompts[2] is not None and prompts[2].ndim == 1:  # SAM's prompt encoder also takes a single box (4,)
             prompts[2] = prompts[2][None]
         validate_prompts(*prompts, mask_size=model.low_res_size)
-        low_res, scores = model.decode(embedding[None], *prompts, multimask_output=multimask_output)
+        low_res, scores = model.fast_decoder().decode(embedding[None], *prompts, multimask_output=multimask_output)
         original = (int(record["original_size"][0]), int(record["original_size"][1]))
         masks = model.postprocess_masks(low_res, input_size, original, threshold=model.mask_threshold)
         outputs.append({"masks": masks, "iou_predictions": scores, "low_res_logits": low_res})
