@@ -34,8 +34,8 @@ from latency import build_models
 from PIL import Image
 
 from evitsam import SamPredictor
-from evitsam.export.engines import TorchEngine
 from evitsam.models.sam import PIXEL_MEAN, PIXEL_STD
+from evitsam.runtime import TorchEngine
 
 PAPER_A100 = {"l0": 762, "l1": 638, "l2": 538, "xl0": 278, "xl1": 182}  # images/s, TensorRT fp16
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

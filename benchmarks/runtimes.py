@@ -27,7 +27,7 @@ from latency import build_pair, environment, timed
 from PIL import Image
 
 from evitsam import SamPredictor
-from evitsam.export.engines import PrecisionFallback
+from evitsam.runtime import PrecisionFallback
 from evitsam.transforms import resize_longest_side
 
 # The benchmark data: coco_subset/ (40 COCO val2017 images), coco_train_subset/ (scripts/fetch_coco_subset.py)

@@ -354,10 +354,11 @@ def test_masks_skip_the_padding_rows_and_columns_exactly(input_size):
     model = randomize_(build_model("l0"), seed=5).eval()
     generator = torch.Generator().manual_seed(6)
     embedding = torch.randn(1, 256, 64, 64, generator=generator)
-    state = model.attend(embedding, torch.rand(3, 1, 2, generator=generator) * 1000, torch.ones(3, 1))
-    full = model.mask_decoder.mask_logits(state, slice(1, None))
+    decoder = model.fast_decoder()
+    state = decoder.attend(embedding, torch.rand(3, 1, 2, generator=generator) * 1000, torch.ones(3, 1))
+    full = decoder.mask_logits(state, slice(1, None))
     extent = model.low_res_extent(input_size)
-    part = model.mask_decoder.mask_logits(state, slice(1, None), extent)
+    part = decoder.mask_logits(state, slice(1, None), extent)
     assert part.shape[-2:] == extent and extent[0] % 4 == 0 and extent[1] % 4 == 0
     assert extent[0] < 256 or extent[1] < 256 or input_size == (1024, 1024)
     torch.testing.assert_close(part, full[..., : extent[0], : extent[1]], rtol=0, atol=0)
@@ -366,7 +367,7 @@ def test_masks_skip_the_padding_rows_and_columns_exactly(input_size):
         model.postprocess_masks(part, input_size, original), model.postprocess_masks(full, input_size, original)
     )
     with pytest.raises(ValueError, match="extent must be multiples of 4"):
-        model.mask_decoder.mask_logits(state, slice(1, None), (6, 8))
+        decoder.mask_logits(state, slice(1, None), (6, 8))
 
 
 def test_areas_of_many_masks():

@@ -62,9 +62,9 @@ def test_bf16_decoder_products_agree_with_fp32(monkeypatch):
     """precision="bf16" also runs the masks' largest per-pixel products in bf16 (AMX): the trained bundled
     model's masks on a real photo must stay those of fp32 (the accuracy gate of benchmarks/runtimes.py)."""
     from evitsam import load_model
-    from evitsam.export import engines
+    from evitsam.runtime import engine
 
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)  # the choice; emulated bf16 is exact too
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)  # the choice; emulated bf16 is exact too
     model = load_model()
     image = load_photo("groceries.jpg")
     fp32, bf16 = SamPredictor(model), SamPredictor(model, precision="bf16")

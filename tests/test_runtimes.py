@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 import evitsam
 from evitsam import SamPredictor
 from evitsam.cli import app
-from evitsam.export import engines, quantize
+from evitsam.runtime import engine, quantize
+from evitsam.runtime import onnx_engines as engines
 
 PIXEL_AGREEMENT = 0.995
 RUNTIMES = ("onnxruntime", "openvino")
@@ -202,12 +203,12 @@ def test_bf16_runs_natively_or_falls_back_with_a_notice(runtime, model, predicto
 
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if runtime == "torch":
-        monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     if native:
         predictor = SamPredictor(model, runtime=runtime, precision="bf16")
         assert predictor.precision == "bf16"
     else:
-        with pytest.warns(engines.PrecisionFallback, match="running fp32 instead") as caught:
+        with pytest.warns(engine.PrecisionFallback, match="running fp32 instead") as caught:
             predictor = SamPredictor(model, runtime=runtime, precision="bf16")
         assert len(caught) == 1 and "\n" not in str(caught[0].message)
         assert predictor.precision == "fp32"
@@ -218,7 +219,7 @@ def test_bf16_runs_natively_or_falls_back_with_a_notice(runtime, model, predicto
 
 def test_torch_bf16_where_the_cpu_has_it(model, monkeypatch):
     """Only the choice: autocast numerics are test_precision's job, and emulated bf16 takes seconds here."""
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
     assert SamPredictor(model, precision="bf16").precision == "bf16"
 
 

@@ -87,10 +87,10 @@ def test_decoder_paths_match_segment_anything(decoder_pair, batch, image):
         ref_low, ref_iou = (torch.cat(parts) for parts in zip(*outputs))
     else:
         ref_low, ref_iou = mask_decoder(embedding, pe, sparse, dense, True)
-    side = ours.prepare_decoder(embedding) if image == "shared_cached_side" else None
+    side = ours.fast_decoder().prepare(embedding) if image == "shared_cached_side" else None
     # a prepared shared image takes the low-rank route to the masks' first up-scaling product
     assert side is None or side.upscaled is not None
-    low, iou = ours.decode(embedding, coords, labels, image_side=side)
+    low, iou = ours.fast_decoder().decode(embedding, coords, labels, image_side=side)
     assert ((low - ref_low).abs().max() / ref_low.abs().max()).item() < 1e-4
     assert (iou - ref_iou).abs().max().item() < 1e-4 * max(1.0, ref_iou.abs().max().item())
 

@@ -7,7 +7,7 @@ decodes 64 prompts at a time with the image embedding repeated for each, upsampl
 Here:
 
 * the image side of the decoder is computed once per image, not once per prompt, and the
-  cross-attention projections are folded into the few prompt tokens (see ``models/transformer.py``);
+  cross-attention projections are folded into the few prompt tokens (see ``models/fast_decoder.py``);
 * predicted IoUs come from the decoder's transformer alone, so masks that fail ``pred_iou_thresh``
   are never produced, not even at low resolution;
 * survivors are resized to the image in one matrix product per axis (no 1024x1024 intermediate),
@@ -42,7 +42,7 @@ from .masks import (
     uncompressed_rle,
 )
 from .models import EfficientViTSam
-from .models.transformer import ImageSide
+from .models.fast_attention import ImageSide
 from .predictor import SamPredictor
 from .prompt_workers import PromptWorkers
 from .transforms import as_rgb_uint8
@@ -316,24 +316,13 @@ class MaskGenerator:
         )
 
     def _decode(
-        self, embedding: torch.Tensor, side: ImageSide, coords: torch.Tensor, labels: torch.Tensor
+        self, embedding: torch.Tensor, side: ImageSide | None, coords: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """IoU predictions (B, 3) of the multimask outputs and low-res logits (M, rows, cols) of those passing,
-        only the part ``postprocess_masks`` reads (``model.low_res_extent``)."""
-        model = self.model
+        only the part ``postprocess_masks`` reads (``model.low_res_extent``), from the predictor's engine."""
         predictor = self.predictor
-        state = model.attend(embedding, coords, labels, image_side=side)
-        iou_preds = model.mask_decoder.predict_iou(state)[:, 1:]
-        keep = self._passes_iou(iou_preds)
-        prompts = keep.any(dim=1).nonzero().flatten()
-        extent = model.low_res_extent(predictor.input_size)  # logits of the frame's padding are never resized
-        if len(prompts) == 0:  # no prompt of this batch has a mask worth computing
-            return iou_preds, iou_preds.new_zeros((0, *extent))
-        if len(prompts) == len(keep):
-            low_res = model.mask_decoder.mask_logits(state, slice(1, None), extent)
-        else:  # masks of prompts with no IoU above the threshold are never computed
-            low_res = model.mask_decoder.mask_logits(state.select(prompts), slice(1, None), extent)
-        return iou_preds, low_res[keep[prompts]]
+        extent = self.model.low_res_extent(predictor.input_size)  # logits of the frame's padding are never resized
+        return predictor.engine.decode_kept(embedding, coords, labels, self._passes_iou, extent, side)
 
     def _passes_iou(self, iou_preds: torch.Tensor) -> torch.Tensor:
         if self.pred_iou_thresh > 0:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from .models import EfficientViTSam
-from .models.sam import LOW_RES_MASK_SIZE
-from .models.transformer import ImageSide
+from .models.prompt_encoder import validate_prompts
+from .runtime import make_engine
 from .transforms import (
     PROMPT_FRAME,
     ResizeLongestSide,
@@ -26,66 +26,11 @@ from .transforms import (
     resize_longest_side,
 )
 
-VALID_LABELS = (-1, 0, 1, 2, 3)
+__all__ = ["ImageNotSetError", "SamPredictor", "validate_prompts"]
 
 
 class ImageNotSetError(RuntimeError, ValueError):
     """Prediction was asked for before ``set_image`` (a RuntimeError in SAM, a ValueError here)."""
-
-
-def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, form: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor shaped {form}, got {type(value).__name__}")
-    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
-        raise ValueError(f"{name} must be shaped {form}, got {tuple(value.shape)}")
-    if value.is_floating_point() and not torch.isfinite(value).all():
-        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
-
-
-def validate_prompts(
-    point_coords: torch.Tensor | None,
-    point_labels: torch.Tensor | None,
-    boxes: torch.Tensor | None,
-    mask_input: torch.Tensor | None,
-    mask_size: int = LOW_RES_MASK_SIZE,
-) -> None:
-    """Check batched prompts (B, N, 2) / (B, N) / (B, 4) / (B, 1, M, M) for shape and sanity.
-
-    ``mask_size`` M is the model's low-res mask side (``model.low_res_size``, 256 for official models).
-    """
-    if (point_coords is None) != (point_labels is None):
-        raise ValueError("point_coords and point_labels must be given together")
-    batch_sizes = {}
-    if point_coords is not None:
-        _check_tensor("point_coords", point_coords, 3, 2, "(B, N, 2)")
-        _check_tensor("point_labels", point_labels, 2, None, "(B, N)")
-        if point_labels.shape != point_coords.shape[:2]:
-            raise ValueError(
-                f"point_labels must be shaped (B, N) = {tuple(point_coords.shape[:2])} to match point_coords, "
-                f"got {tuple(point_labels.shape)}"
-            )
-        invalid = ~torch.isin(point_labels.to(torch.long), torch.tensor(VALID_LABELS, device=point_labels.device))
-        if point_labels.is_floating_point():
-            invalid |= point_labels != point_labels.round()
-        if invalid.any():
-            bad = point_labels[invalid][0].item()
-            raise ValueError(f"point_labels must be in {{-1, 0, 1, 2, 3}} (1 foreground, 0 background), got {bad}")
-        batch_sizes["point_coords"] = point_coords.shape[0]
-    if boxes is not None:
-        _check_tensor("boxes", boxes, 2, 4, "(B, 4) as x0, y0, x1, y1")
-        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if degenerate.any():
-            bad = boxes[degenerate][0].tolist()
-            raise ValueError(f"boxes must satisfy x0 < x1 and y0 < y1 (XYXY), got degenerate box {bad}")
-        batch_sizes["boxes"] = boxes.shape[0]
-    if mask_input is not None:
-        form = f"(B, 1, {mask_size}, {mask_size}) low-res logits"
-        _check_tensor("mask_input", mask_input, 4, None, form)
-        if tuple(mask_input.shape[1:]) != (1, mask_size, mask_size):
-            raise ValueError(f"mask_input must be shaped {form}, got {tuple(mask_input.shape)}")
-        batch_sizes["mask_input"] = mask_input.shape[0]
-    if len(set(batch_sizes.values())) > 1:
-        raise ValueError(f"prompt batch sizes disagree: {batch_sizes}")
 
 
 def _as_array(name: str, value, form: str) -> np.ndarray:
@@ -106,14 +51,12 @@ class SamPredictor:
         calibration: str | os.PathLike | list | None = None,
     ) -> None:
         """``runtime`` "torch" | "onnxruntime" | "openvino" and ``precision`` "fp32" | "bf16" | "fp16" | "int8" choose
-        the engine that runs the encoder and decoder (see ``evitsam.export.engines``); the API and the
+        the engine that runs the encoder and decoder (see ``evitsam.runtime``); the API and the
         post-processing are the same for all. ``calibration`` (a folder or a list of photos) is needed
         once per set of weights for int8.
         """
         if not isinstance(sam_model, EfficientViTSam):
             raise ValueError(f"sam_model must be an EfficientViTSam, got {type(sam_model).__name__}")
-        from .export.engines import make_engine  # ONNX-based engines load their runtimes only when chosen
-
         self.model = sam_model
         # SAM's transform, in SAM's meaning: images and prompts into the 1024 frame (see ``set_torch_image``).
         self.transform = ResizeLongestSide(PROMPT_FRAME)
@@ -142,7 +85,7 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
-        self._decoder_side: tuple[torch.Tensor, tuple, ImageSide] | None = None
+        self._decoder_side: tuple[torch.Tensor, tuple, object] | None = None
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray | Image.Image, image_format: str = "RGB") -> None:
@@ -202,8 +145,9 @@ class SamPredictor:
         self._require_image()
         return self.features
 
-    def decoder_image_side(self) -> ImageSide:
-        """The decoder's prompt-independent work on the current image (``model.prepare_decoder``).
+    def decoder_image_side(self) -> object | None:
+        """The decoder's prompt-independent work on the current image (``engine.prepare``; None where the
+        engine keeps none).
 
         Computed on the first prompt and reused by every later one while the embedding and the decoder's
         weights stay the same: it is a third of the decoder's work for one prompt. The embedding is
@@ -220,7 +164,7 @@ class SamPredictor:
         )
         cached = self._decoder_side
         if cached is None or cached[0] is not features or cached[1] != key:
-            side = self.model.prepare_decoder(features, self.engine.decoder_products)
+            side = self.engine.prepare(features)
             self._decoder_side = cached = (features, key, side)
         return cached[2]
 
@@ -323,11 +267,9 @@ class SamPredictor:
         """
         self._require_image()
         validate_prompts(point_coords, point_labels, boxes, mask_input, self.model.low_res_size)
-        side = {}
-        if self.engine.runtime == "torch" and mask_input is None:
-            side = {"image_side": self.decoder_image_side()}
+        side = self.decoder_image_side() if mask_input is None else None
         low_res, scores = self.engine.decode(
-            self.features, point_coords, point_labels, boxes, mask_input, multimask_output, **side
+            self.features, point_coords, point_labels, boxes, mask_input, multimask_output, side
         )
         threshold = None if return_logits else self.model.mask_threshold
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size, threshold)

@@ -231,8 +231,8 @@ def make_predictor(sam: Any, runtime: str, precision: str, calibration: Path | N
     """A ``SamPredictor`` whose precision fallback (if any) is reported as one ``notice:`` line on stderr."""
     import warnings
 
-    from ..export.engines import PrecisionFallback
     from ..predictor import SamPredictor
+    from ..runtime import PrecisionFallback
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PrecisionFallback)
@@ -247,6 +247,6 @@ def make_predictor(sam: Any, runtime: str, precision: str, calibration: Path | N
 
 def check_engine(runtime: str, precision: str) -> None:
     """Runtime/precision names, checked before a model is loaded (imports the engines, hence torch)."""
-    from ..export.engines import check_options
+    from ..runtime import check_options
 
     check_options(runtime, precision)

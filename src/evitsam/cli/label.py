@@ -58,9 +58,9 @@ def label(
 ) -> None:
     """Label IMAGES with instance masks from detector boxes or "everything"; resumable, shard with torchrun."""
     from ..distributed import init_distributed, shutdown_distributed
-    from ..export.engines import check_options
     from ..labelling import LabelSettings, label_images, load_collection, load_detections
     from ..labelling import merge as merge_parts
+    from ..runtime import check_options
 
     if merge is not None:
         if images is not None or boxes is not None or everything:

@@ -111,7 +111,7 @@ def serve(
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     service = Service.load(config)
     service.warm_up()
-    from ..export.web_graph import web_decoder
+    from ..service.web_graph import web_decoder
 
     web_decoder(service.model)  # the web app's decoder, exported once per set of weights (cached)
     info = service.info()

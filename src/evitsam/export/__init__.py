@@ -1,4 +1,4 @@
-"""Deployment: SAM-compatible ONNX graphs and the ONNX Runtime / OpenVINO engines behind ``SamPredictor``."""
+"""Deployment graphs: the model as SAM-compatible ONNX encoder and decoders (the runtimes run them too)."""
 
 from .onnx_export import export_onnx
 

@@ -152,7 +152,7 @@ class PromptDecoderGraph(nn.Module):
         gate = has_mask_input.reshape(-1, 1, 1, 1)
         no_mask = prompts.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = gate * prompts.mask_downscaling(mask_input) + (1 - gate) * no_mask
-        return self.model.mask_decoder.predict_masks(image_embeddings, prompts.get_dense_pe(), sparse, dense)
+        return self.model.fast_decoder().predict_masks(image_embeddings, sparse, dense)
 
 
 def select_single_mask(masks: torch.Tensor, scores: torch.Tensor, num_points: torch.Tensor | int):

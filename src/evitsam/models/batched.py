@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..transforms import PROMPT_FRAME, get_preprocess_shape
+from .prompt_encoder import validate_prompts
 
 if TYPE_CHECKING:
     from .sam import EfficientViTSam
@@ -47,8 +48,6 @@ def batched_forward(model: EfficientViTSam, batched_input: list[dict], multimask
     optionally ``point_coords`` (B, N, 2), ``point_labels`` (B, N), ``boxes`` (B, 4) in the 1024 frame and
     ``mask_inputs`` (B, 1, M, M) -> per record ``masks`` (B, C, H, W) bool, ``iou_predictions`` (B, C) and
     ``low_res_logits`` (B, C, M, M). Gradients are off, as in SAM."""
-    from ..predictor import validate_prompts  # the predictor's checks; it imports the models package
-
     if not isinstance(batched_input, (list, tuple)) or not batched_input:
         raise ValueError("batched_input must be a non-empty list of dicts (one per image)")
     input_sizes = [_check_record(i, record, model.encoder_size) for i, record in enumerate(batched_input)]
@@ -62,7 +61,7 @@ def batched_forward(model: EfficientViTSam, batched_input: list[dict], multimask
         if prompts[2] is not None and prompts[2].ndim == 1:  # SAM's prompt encoder also takes a single box (4,)
             prompts[2] = prompts[2][None]
         validate_prompts(*prompts, mask_size=model.low_res_size)
-        low_res, scores = model.decode(embedding[None], *prompts, multimask_output=multimask_output)
+        low_res, scores = model.fast_decoder().decode(embedding[None], *prompts, multimask_output=multimask_output)
         original = (int(record["original_size"][0]), int(record["original_size"][1]))
         masks = model.postprocess_masks(low_res, input_size, original, threshold=model.mask_threshold)
         outputs.append({"masks": masks, "iou_predictions": scores, "low_res_logits": low_res})

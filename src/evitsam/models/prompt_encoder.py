@@ -9,6 +9,10 @@ from torch import nn
 
 from .blocks import LayerNorm2d
 
+# SAM's prompt frame: prompts, the dense positional encoding and mask post-processing live in a 1024 square
+# whatever the encoder's input size.
+PROMPT_FRAME = 1024
+
 # Label conventions shared with SAM and its ONNX decoder.
 LABEL_PADDING = -1
 LABEL_NEGATIVE = 0
@@ -138,3 +142,61 @@ class PromptEncoder(nn.Module):
                 1, self.embed_dim, *self.image_embedding_size
             )
         return sparse_embeddings, dense_embeddings
+
+
+VALID_LABELS = (LABEL_PADDING, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
+
+
+def _check_tensor(name: str, value: torch.Tensor, ndim: int, last: int | None, form: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor shaped {form}, got {type(value).__name__}")
+    if value.ndim != ndim or (last is not None and value.shape[-1] != last):
+        raise ValueError(f"{name} must be shaped {form}, got {tuple(value.shape)}")
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
+
+
+def validate_prompts(
+    point_coords: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    mask_size: int = 256,
+) -> None:
+    """Check batched prompts (B, N, 2) / (B, N) / (B, 4) / (B, 1, M, M) for shape and sanity.
+
+    ``mask_size`` M is the model's low-res mask side (``model.low_res_size``, 256 for official models).
+    """
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    batch_sizes = {}
+    if point_coords is not None:
+        _check_tensor("point_coords", point_coords, 3, 2, "(B, N, 2)")
+        _check_tensor("point_labels", point_labels, 2, None, "(B, N)")
+        if point_labels.shape != point_coords.shape[:2]:
+            raise ValueError(
+                f"point_labels must be shaped (B, N) = {tuple(point_coords.shape[:2])} to match point_coords, "
+                f"got {tuple(point_labels.shape)}"
+            )
+        invalid = ~torch.isin(point_labels.to(torch.long), torch.tensor(VALID_LABELS, device=point_labels.device))
+        if point_labels.is_floating_point():
+            invalid |= point_labels != point_labels.round()
+        if invalid.any():
+            bad = point_labels[invalid][0].item()
+            raise ValueError(f"point_labels must be in {{-1, 0, 1, 2, 3}} (1 foreground, 0 background), got {bad}")
+        batch_sizes["point_coords"] = point_coords.shape[0]
+    if boxes is not None:
+        _check_tensor("boxes", boxes, 2, 4, "(B, 4) as x0, y0, x1, y1")
+        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if degenerate.any():
+            bad = boxes[degenerate][0].tolist()
+            raise ValueError(f"boxes must satisfy x0 < x1 and y0 < y1 (XYXY), got degenerate box {bad}")
+        batch_sizes["boxes"] = boxes.shape[0]
+    if mask_input is not None:
+        form = f"(B, 1, {mask_size}, {mask_size}) low-res logits"
+        _check_tensor("mask_input", mask_input, 4, None, form)
+        if tuple(mask_input.shape[1:]) != (1, mask_size, mask_size):
+            raise ValueError(f"mask_input must be shaped {form}, got {tuple(mask_input.shape)}")
+        batch_sizes["mask_input"] = mask_input.shape[0]
+    if len(set(batch_sizes.values())) > 1:
+        raise ValueError(f"prompt batch sizes disagree: {batch_sizes}")

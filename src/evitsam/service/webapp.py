@@ -19,11 +19,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..export.web_graph import web_decoder
 from ..io import read_image
 from .errors import ApiError
 from .state import Service
 from .store import AnnotationStore, coco_document
+from .web_graph import web_decoder
 
 WEB_DIR = Path(__file__).parent / "web"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})

@@ -18,6 +18,7 @@ import numpy as np
 from ..io import image_suffixes, read_image
 from ..models import EfficientViTSam
 from ..transforms import SamTransform, as_rgb_uint8
+from .engine import mean_padded
 
 INT8_FILE = "encoder_int8.xml"
 MIN_CALIBRATION_IMAGES = 4
@@ -46,7 +47,6 @@ def calibration_images(source: str | os.PathLike | list) -> list[np.ndarray]:
 
 def encoder_inputs(model: EfficientViTSam, images: list[np.ndarray]) -> list[np.ndarray]:
     """Each photo as the square, mean-padded ``input_image`` the engines feed the encoder."""
-    from .engines import mean_padded
 
     transform = SamTransform(model.encoder_size)
     return [mean_padded(transform.apply_image(image), model.encoder_size) for image in images]

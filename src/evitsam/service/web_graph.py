@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import EfficientViTSam
-from ..models.transformer import ImageProjection, ImageSide
-from .engines import engine_dir
-from .onnx_export import _cpu_model, _embedding_example, _export, _prompt_example
+from ..export.onnx_export import _cpu_model, _embedding_example, _export, _prompt_example
+from ..models import EfficientViTSam, fast_attention, fast_decoder
+from ..models.fast_attention import ImageProjection, ImageSide
+from ..runtime.onnx_engines import engine_dir
 
 WEB_GRAPHS_VERSION = 2  # part of the file names: a changed graph is exported again, not read from the cache
 WEB_IMAGE_FILE = f"web{WEB_GRAPHS_VERSION}_image.onnx"
@@ -35,8 +35,7 @@ _lock = threading.Lock()
 
 def _layout(model: EfficientViTSam) -> list[tuple[bool, bool]]:
     """Which cross-attentions have image-dependent keys / values in the prepared image side."""
-    with torch.no_grad():
-        side = model.prepare_decoder(_embedding_example(model))
+    side = model.fast_decoder().prepare(_embedding_example(model))
     return [(p.keys is not None, p.values is not None) for p in side.projections]
 
 
@@ -62,8 +61,9 @@ class WebImageGraph(nn.Module):
         gate = has_mask_input.reshape(-1, 1, 1, 1)
         no_mask = prompts.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = gate * prompts.mask_downscaling(mask_input) + (1 - gate) * no_mask
-        side = self.model.mask_decoder.prepare_image(image_embeddings, prompts.get_dense_pe(), dense)
-        return _image_tensors(side)
+        transformer = self.model.mask_decoder.transformer
+        pe = fast_attention.transformer_pe(transformer, prompts.get_dense_pe())
+        return _image_tensors(fast_attention.prepare(transformer, image_embeddings + dense, pe))
 
 
 class WebPromptGraph(nn.Module):
@@ -82,7 +82,7 @@ class WebPromptGraph(nn.Module):
         model = self.model
         decoder, prompts = model.mask_decoder, model.prompt_encoder
         pe = prompts.get_dense_pe()
-        key_pe, pes = decoder.transformer.project_pe(pe)
+        key_pe, pes = fast_attention.transformer_pe(decoder.transformer, pe)
         parts = iter(image)
         keys = next(parts)
         projections = tuple(
@@ -94,8 +94,8 @@ class WebPromptGraph(nn.Module):
         grid = model.config.embed_size
         dense = prompts.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, grid, grid)
         shape_only = torch.zeros(1, 1, grid, grid)  # attend reads the grid's size from it, not its values
-        state = decoder.attend(shape_only, pe, sparse, dense, image_side=side)
-        return decoder.mask_logits(state), decoder.predict_iou(state)
+        state = model.fast_decoder()._attend(shape_only, sparse, dense, side)  # traced: no inference mode
+        return fast_decoder.mask_logits(decoder, state), fast_decoder.predict_iou(decoder, state)
 
 
 def image_output_names(model: EfficientViTSam) -> list[str]:
