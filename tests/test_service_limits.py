@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -227,46 +224,14 @@ def test_cors_is_off_unless_an_origin_is_given(client):
     assert allowed.headers["access-control-allow-origin"] == "https://annotate.example"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_real_server_process_serves_and_stops_on_ctrl_c(photo):
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "evitsam", "serve", "--port", str(port), "--max-upload-mb", "1"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.3)
-        image_id = httpx.post(f"{base}/v1/images", files={"file": ("p.png", photo)}).json()["image_id"]
-        answer = httpx.post(f"{base}/v1/predict", json={"image_id": image_id, "points": [[160, 120, 1]]})
-        assert answer.status_code == 200 and answer.json()["masks"][0]["area"] > 0
-        # a declared body over the limit is refused from its headers, before the body is sent
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.sendall(
-                b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                b"Content-Length: 900000000\r\n\r\n"
-            )
-            head = raw.recv(4096).decode()
-        assert head.startswith("HTTP/1.1 413"), head
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert f"http://localhost:{port}" in stderr and "nano" in stderr and "stopped" in stderr
+def test_real_server_process_serves_and_stops_on_ctrl_c(photo, tmp_path):
+    """A real server process and a real client process (tests/real_server_client.py): ready, upload, predict,
+    413 from a declared oversized body, Ctrl-C stops it cleanly with exit 0."""
+    (tmp_path / "photo.png").write_bytes(photo)
+    client = [sys.executable, str(Path(__file__).with_name("real_server_client.py")), str(tmp_path / "photo.png")]
+    done = subprocess.run(client, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
