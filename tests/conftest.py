@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,11 @@ def pillow_limit() -> Iterator[None]:
     Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = PILLOW_DEFAULTS
     yield
     Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = PILLOW_DEFAULTS
+
+
+@pytest.fixture(autouse=True)
+def default_sigchld() -> Iterator[None]:
+    """A DataLoader with workers installs a SIGCHLD handler that checks its worker processes; a test that ends
+    such a loader early leaves the handler behind, and a later test's child process exiting must not run it."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield
