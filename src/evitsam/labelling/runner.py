@@ -175,9 +175,7 @@ class _Labeller:
         boxes = box_prompts([det["bbox"] for det in detections])
         prompts = torch.as_tensor(self.predictor.transform.apply_boxes(boxes, size), dtype=torch.float)
         prompts = prompts.to(self.model.device)
-        side = None
-        if self.engine.runtime == "torch":
-            side = self.model.prepare_decoder(features, self.engine.decoder_products)
+        side = self.engine.prepare(features)  # None for exported graphs, which take the embedding whole
         annotations = []
         step = self.settings.box_batch
         for start in range(0, len(detections), step):
@@ -209,8 +207,8 @@ class _Labeller:
             best = ious.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)
             return low[rows, best][:, None], ious[rows, best]
-        decoder = self.model.mask_decoder
-        state = self.model.attend(features, None, None, boxes, None, side)
+        decoder = self.model.fast_decoder()
+        state = decoder.attend(features, None, None, boxes, None, side)
         ious = decoder.predict_iou(state)[:, 1:]
         best = ious.argmax(dim=1)
         extent = self.model.low_res_extent(input_size)

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import fast_decoder
 from .blocks import LayerNorm2d
 from .transformer import TwoWayTransformer
 
@@ -95,15 +94,6 @@ class MaskDecoder(nn.Module):
         masks = (hyper_in @ upscaled_embedding.view(b, c, h * w)).view(b, -1, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
-
-    # Inference fast path, for callers written against the decoder state (``fast_decoder.FastDecoder``
-    # is the entry point; these two read its ``attend`` result with this decoder's weights).
-    def predict_iou(self, state: fast_decoder.DecoderState) -> torch.Tensor:
-        return fast_decoder.predict_iou(self, state)
-
-    @torch.inference_mode()
-    def mask_logits(self, state: fast_decoder.DecoderState, selected=slice(None), extent=None) -> torch.Tensor:
-        return fast_decoder.mask_logits(self, state, selected, extent)
 
 
 class MLP(nn.Module):

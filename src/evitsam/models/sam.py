@@ -19,7 +19,7 @@ from ..transforms import to_encoder_size
 from . import postprocess
 from .backbone import BackboneConfig
 from .batched import batched_forward
-from .fast_decoder import DecoderState, FastDecoder, ImageSide
+from .fast_decoder import FastDecoder
 from .image_encoder import PIXEL_MEAN, PIXEL_STD, EfficientViTSamImageEncoder, normalize_and_pad
 from .mask_decoder import MaskDecoder
 from .neck import EMBED_DIM, EMBED_SIZE
@@ -141,22 +141,6 @@ class EfficientViTSam(nn.Module):
         if self._fast_decoder is None:
             self._fast_decoder = FastDecoder(self)
         return self._fast_decoder
-
-    # The fast decoder's two steps by their former names, for callers written against them.
-    def prepare_decoder(self, image_embeddings: torch.Tensor, products: torch.dtype = torch.float32) -> ImageSide:
-        return self.fast_decoder().prepare(image_embeddings, products)
-
-    def attend(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        image_side: ImageSide | None = None,
-    ) -> DecoderState:
-        prompts = (point_coords, point_labels, boxes, mask_input)
-        return self.fast_decoder().attend(image_embeddings, *prompts, image_side=image_side)
 
     def postprocess_masks(
         self,
