@@ -112,12 +112,18 @@ def crop_nms_scores(crop_boxes_xyxy: torch.Tensor) -> torch.Tensor:
 
 def encode_rle(masks: torch.Tensor | np.ndarray) -> list[dict[str, Any]]:
     """(N, H, W) bool -> COCO compressed RLEs (``counts`` as str, JSON-ready), in one C call."""
-    masks = torch.as_tensor(masks)
+    import cv2
+
+    masks = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if masks.shape[0] == 0:
         return []
-    # pycocotools wants (H, W, N) in Fortran order: that is (N, W, H) in C order, transposed.
-    fortran = masks.to(torch.uint8).transpose(1, 2).contiguous().cpu().numpy().T
-    rles = mask_utils.encode(fortran)
+    masks = masks.view(np.uint8) if masks.dtype == bool else (masks != 0).view(np.uint8)
+    # pycocotools wants (H, W, N) in Fortran order: that is (N, W, H) in C order, transposed. OpenCV's
+    # blocked transpose takes a fifth of the time of numpy's or torch's strided copy (0.2 ms at 1800x1200).
+    columns = np.empty((masks.shape[0], masks.shape[2], masks.shape[1]), np.uint8)
+    for mask, column_major in zip(masks, columns):
+        cv2.transpose(np.ascontiguousarray(mask), dst=column_major)
+    rles = mask_utils.encode(columns.T)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles

@@ -10,6 +10,7 @@ import torch
 from ..models import EfficientViTSam
 from ..models.fast_decoder import ImageSide
 from . import engine
+from .traced_decoder import TracedDecoder, tracing_available
 
 
 class TorchEngine:
@@ -22,6 +23,8 @@ class TorchEngine:
     def __init__(self, model: EfficientViTSam, precision: str = "fp32") -> None:
         self.model = model
         self.decoder = model.fast_decoder()
+        # CPU only: on GPUs TorchScript's fusers would change the arithmetic (and it is untested there)
+        self.traced = TracedDecoder(self.decoder) if tracing_available() and model.device.type == "cpu" else None
         if precision == "fp16" and model.device.type != "cuda":
             raise ValueError(
                 f"precision='fp16' runs on a CUDA GPU; the model is on {model.device} "
@@ -53,7 +56,10 @@ class TorchEngine:
     def decode(
         self, embeddings, point_coords, point_labels, boxes, mask_input, multimask_output: bool, image_side=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image_side``: ``prepare(embeddings)``, reused across prompts (see ``SamPredictor``)."""
+        """``image_side``: ``prepare(embeddings)``, reused across prompts (see ``SamPredictor``); with it and
+        no mask prompt, repeated kinds of calls run as traces (``traced_decoder``: the same values)."""
+        if image_side is not None and mask_input is None and self.traced is not None:
+            return self.traced.decode(embeddings, point_coords, point_labels, boxes, multimask_output, image_side)
         return self.decoder.decode(
             embeddings, point_coords, point_labels, boxes, mask_input, multimask_output, image_side
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,11 +70,14 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, partial(function, *args))
 
     def warm_up(self) -> None:
-        """One encoder and decoder pass on a blank image, so the first client does not pay for lazy setup."""
+        """An encoder pass and clicks on a blank image, so the first clients do not pay for lazy setup: each kind of
+        click of one or two points is decoded twice, which traces it where the engine traces its decoder."""
         predictor = image_predictor(self.predictor)
         with self.engine_lock:
             predictor.set_image(np.zeros((64, 64, 3), np.uint8))
-            predictor.predict(np.array([[32.0, 32.0]]), np.array([1]), multimask_output=False)
+            for points, multimask in itertools.product((1, 2), (False, True)):
+                for _ in range(2):
+                    predictor.predict(np.full((points, 2), 32.0), np.ones(points), multimask_output=multimask)
         self.ready = True
 
     # ------------------------------------------------------------------------------------- images
