@@ -7,6 +7,8 @@ detection with score 1, so the labels can be scored against the ground truth. Pe
 
 * ``ours 1p`` / ``ours 2p``: ``evitsam label`` on 1 process and under ``torchrun --nproc_per_node=2``,
   each process on ``--threads`` threads; images/s as the command reports it (model loading excluded).
+  ``--chunk-size`` (default 4) is passed to both: with the command's default of 32 images per chunk, a run of
+  fewer than 33 images is one chunk, all of it on one process.
 * ``official`` (L0 only; the same randomised weights loaded into both, as in ``benchmarks/latency.py``):
   the official ``EfficientViTSamPredictor`` per image, ``set_image`` + ``predict_torch`` on the image's
   boxes, the best of the three masks kept and RLE-encoded, on ``--threads`` threads in this process.
@@ -98,7 +100,15 @@ def official_loop(official, data: EvalDataset, truth: list[tuple]) -> tuple[floa
 
 
 def bench(
-    name: str, folder: Path, data: EvalDataset, limit: int | None, threads: int, repeats: int, runtime: str, work: Path
+    name: str,
+    folder: Path,
+    data: EvalDataset,
+    limit: int | None,
+    threads: int,
+    repeats: int,
+    runtime: str,
+    chunk_size: int,
+    work: Path,
 ) -> dict:
     detections, truth = detections_of(data, limit)
     names = [image.path.relative_to(folder / "images").as_posix() for image in data.images[:limit]]
@@ -118,7 +128,7 @@ def bench(
     common = [str(work / "images.json"), "--image-root", str(folder / "images")]
     common += ["--boxes", str(work / "detections.json")]
     common += [*source, "--device", "cpu", "--no-progress"]
-    common += ["--runtime", runtime]
+    common += ["--runtime", runtime, "--chunk-size", str(chunk_size)]
     row: dict = {"model": name, "images": len(listing["images"]), "boxes": len(detections), "threads": threads}
     row["runtime"] = runtime
     speeds: dict[str, list[float]] = {"ours_1p": [], "ours_2p": [], "official": []}
@@ -154,6 +164,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (medians reported)")
     parser.add_argument("--runtime", default="torch", help="our engine: torch, onnxruntime or openvino")
+    parser.add_argument(
+        "--chunk-size", type=int, default=4, help="images per unit of work: small, so both processes get a share"
+    )
     args = parser.parse_args()
     data = EvalDataset(args.data / "images", args.data / "annotations.json")
     rows = []
@@ -161,7 +174,9 @@ def main() -> None:
         for name in args.models.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            rows.append(bench(name, args.data, data, args.limit, args.threads, args.repeats, args.runtime, work))
+            rows.append(
+                bench(name, args.data, data, args.limit, args.threads, args.repeats, args.runtime, args.chunk_size, work)
+            )
             print(json.dumps(rows[-1]), flush=True)
     print("\n| model | images | boxes | ours 1p img/s | ours 2p img/s | 2p / 1p | official img/s | 1p / official "
           "| labels mIoU | eval box mIoU |")  # fmt: skip

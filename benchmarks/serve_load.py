@@ -108,7 +108,9 @@ def main() -> int:
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load phase")
     parser.add_argument("--distinct", type=int, default=500, help="distinct images for the memory phase")
-    parser.add_argument("--cache-mb", type=float, default=64.0, help="room for the 4 clicked images (~8 MB each with the bundled model), far below --distinct")
+    parser.add_argument(
+        "--cache-mb", type=float, default=64.0, help="room for the 4 clicked images (~8 MB each), far below --distinct"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()

@@ -274,3 +274,34 @@ def test_bad_arguments_exit_2_with_one_line(job, tmp_path, extra, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_chunk_size_that_leaves_processes_idle_gets_a_notice(job, tmp_path, monkeypatch):
+    """10 images in one chunk of 32 for 4 processes: three would idle (the job itself runs here on one)."""
+    import evitsam.distributed
+
+    monkeypatch.setattr(evitsam.distributed, "init_distributed", lambda device: (0, 4, torch.device("cpu")))
+    args = ["label", str(job["images"]), "--boxes", str(job["detections"]), "--device", "cpu", "--no-progress"]
+    idle = _run_here([*args, "--output", str(tmp_path / "a.json"), "--chunk-size", "32"])
+    assert idle.exit_code == 0, idle.output
+    assert "notice: 10 images make 1 chunk(s) of --chunk-size 32 for 4 processes, so 3 of them" in idle.stderr
+    assert "--chunk-size 3 gives each a share" in idle.stderr
+    shared = _run_here([*args, "--output", str(tmp_path / "b.json"), "--chunk-size", "2"])
+    assert shared.exit_code == 0, shared.output
+    assert "nothing to do" not in shared.stderr
+
+
+def test_processes_claim_chunks_as_they_free_up():
+    """Two loaders on one counter: each chunk is claimed once, by whichever asks first, and only when asked."""
+    from evitsam.distributed import SharedCounter
+    from evitsam.labelling.runner import _ClaimedBatches
+
+    todo = [0, 2, 3, 5]  # chunks 1 and 4 were finished by an earlier run
+    counter = SharedCounter("claims")
+    fast, slow = (iter(_ClaimedBatches(todo, counter, 3, 17, 2)) for _ in range(2))
+    assert counter._next == 0  # nothing claimed before a loader asks
+    taken = [next(fast), next(fast), next(slow), next(fast), next(fast)]
+    assert taken == [[(0, 0), (0, 1)], [(0, 2)], [(2, 6), (2, 7)], [(3, 9), (3, 10)], [(3, 11)]]
+    assert list(slow) == [[(2, 8)], [(5, 15), (5, 16)]]  # the last chunk holds the collection's last 2 images
+    assert list(fast) == []
+    assert counter._next == 6  # one claim past the end per loader

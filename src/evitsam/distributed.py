@@ -67,6 +67,24 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     return holder[0]
 
 
+class SharedCounter:
+    """Hands out 0, 1, 2, ... once each across every process of the job: work taken as processes free up,
+    not dealt in advance, so a process with harder inputs takes less of it. Under ``torchrun`` the counter is
+    the process group's key-value store (atomic ``add``); ``key`` must be the same on every rank and new for
+    each use. Without a process group it counts in this process."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._store = dist.distributed_c10d._get_default_store() if rank_and_world()[1] > 1 else None
+        self._next = 0
+
+    def take(self) -> int:
+        if self._store is None:
+            self._next += 1
+            return self._next - 1
+        return self._store.add(self.key, 1) - 1
+
+
 def shutdown_distributed() -> None:
     """Leave the process group cleanly (after the last collective)."""
     if dist.is_available() and dist.is_initialized():

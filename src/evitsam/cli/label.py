@@ -88,7 +88,15 @@ def label(
         detections, counts = load_detections(boxes, collection, min_score)
 
     name_or_path = model_source(model, checkpoint)
-    rank, _, torch_device = init_distributed(device)
+    rank, world, torch_device = init_distributed(device)
+    chunks = -(-len(collection.images) // chunk_size)
+    if rank == 0 and chunks < world:
+        share = max(1, -(-len(collection.images) // world))
+        typer.echo(
+            f"notice: {len(collection.images)} images make {chunks} chunk(s) of --chunk-size {chunk_size} for {world} "
+            f"processes, so {world - chunks} of them will have nothing to do; --chunk-size {share} gives each a share",
+            err=True,
+        )
     try:
         sam = load_cli_model(name_or_path, variant, torch_device).eval()
         predictor = make_predictor(sam, runtime, precision, None)

@@ -1,4 +1,6 @@
-"""Label an image collection: every process takes a share of the chunks and records each one it finishes.
+"""Label an image collection: every process takes the next chunk still to do whenever it is ready for more
+(a counter shared by the job's processes), so all finish together however uneven the images; each finished
+chunk is recorded in a file of its own.
 
 Per process: DataLoader workers read and resize images ahead of the model; the encoder embeds several
 images per call; per image, the decoder takes the detector's boxes in batches and the best of the
@@ -8,7 +10,9 @@ the automatic mask generator per image instead. Rank 0 shows the whole job's pro
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..distributed import broadcast, gather_lists, rank_and_world
+from ..distributed import SharedCounter, broadcast, gather_lists, rank_and_world
 from ..evaluation.protocol import box_prompts
 from ..everything import MaskGenerator
 from ..io import read_image
@@ -67,17 +71,19 @@ class LabelSettings:
 
 
 class _Images(Dataset):
-    """Reads an image in a worker: the encoder-sized image (boxes) or the full image (everything)."""
+    """Reads an image in a worker: the encoder-sized image (boxes) or the full image (everything).
+    Indexed by (chunk, image index in the collection)."""
 
-    def __init__(self, entries: list[tuple[int, ImageEntry]], encoder_size: int | None) -> None:
-        self.entries = entries
+    def __init__(self, images: list[ImageEntry], encoder_size: int | None) -> None:
+        self.images = images
         self.encoder_size = encoder_size
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.images)
 
-    def __getitem__(self, index: int) -> dict:
-        chunk, entry = self.entries[index]
+    def __getitem__(self, index: tuple[int, int]) -> dict:
+        chunk, image_index = index
+        entry = self.images[image_index]
         item: dict[str, Any] = {"chunk": chunk, "entry": entry}
         try:
             image = read_image(entry.path)
@@ -99,18 +105,20 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
-def _batches(chunks: list[int], chunk_size: int, count: int, batch_size: int) -> tuple[list, list[list[int]]]:
-    """The (chunk, image index) pairs of ``chunks`` and their encoder batches, never across a chunk."""
-    entries, batches = [], []
-    for chunk in chunks:
-        indices = list(range(chunk * chunk_size, min(count, (chunk + 1) * chunk_size)))
-        first = len(entries)
-        entries += [(chunk, i) for i in indices]
-        batches += [
-            list(range(first + s, first + min(s + batch_size, len(indices))))
-            for s in range(0, len(indices), batch_size)
-        ]
-    return entries, batches
+class _ClaimedBatches:
+    """The DataLoader's batch sampler: claims the next chunk still to do from the job's shared counter whenever
+    the loader wants more work, and yields its encoder batches of (chunk, image index), never across a chunk."""
+
+    def __init__(self, todo: list[int], counter: SharedCounter, chunk_size: int, count: int, batch_size: int) -> None:
+        self.todo, self.counter = todo, counter
+        self.chunk_size, self.count, self.batch_size = chunk_size, count, batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        while (claim := self.counter.take()) < len(self.todo):
+            chunk = self.todo[claim]
+            indices = range(chunk * self.chunk_size, min(self.count, (chunk + 1) * self.chunk_size))
+            for start in range(0, len(indices), self.batch_size):
+                yield [(chunk, i) for i in indices[start : start + self.batch_size]]
 
 
 def _rle_records(rles: list[dict]) -> tuple[list[list[float]], list[int]]:
@@ -275,6 +283,7 @@ def label_images(
             open_job(parts, manifest)
             done = clean_chunks(parts)
             plan["todo"] = [i for i in range(num_chunks) if i not in done]
+            plan["run"] = secrets.token_hex(8)  # names this run's counter of claimed chunks
             for index in plan["todo"]:  # stale failures of chunks about to be redone
                 chunk_path(parts, index, True).unlink(missing_ok=True)
         except (ValueError, OSError) as error:
@@ -284,29 +293,27 @@ def label_images(
         kind, message = plan["error"]
         raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(message)
     todo: list[int] = plan["todo"]
-    mine = todo[rank::world]
     chunk_images = {c: min(count, (c + 1) * size) - c * size for c in todo}
 
-    pairs, batches = _batches(mine, size, count, settings.batch_size)
     encoder_size = None if settings.mode == "everything" else predictor.model.encoder_size
-    dataset = _Images([(chunk, collection.images[i]) for chunk, i in pairs], encoder_size)
+    claims = _ClaimedBatches(todo, SharedCounter(f"evitsam-label/{plan['run']}"), size, count, settings.batch_size)
     loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=settings.workers, collate_fn=_collate,
-        pin_memory=predictor.device.type == "cuda", persistent_workers=False,
+        _Images(collection.images, encoder_size), batch_sampler=claims, num_workers=settings.workers,
+        collate_fn=_collate, pin_memory=predictor.device.type == "cuda", persistent_workers=False,
     )  # fmt: skip
     labeller = _Labeller(predictor, settings, detections)
     total = sum(chunk_images.values())
     bar = tqdm(total=total, desc=f"label {settings.mode}", unit="img", disable=not settings.progress or rank != 0)
-    others = set(todo) - set(mine)
-    counted_others = 0
+    unseen = set(todo)  # rank 0: chunks of any process whose file it has not seen yet
+    written = 0
 
     def poll() -> None:
-        nonlocal counted_others
-        present = finished_chunks(parts) if others else {}
-        for chunk in [c for c in others if c in present]:
-            others.discard(chunk)
-            counted_others += chunk_images[chunk]
-        bar.n = own + counted_others
+        nonlocal written
+        present = finished_chunks(parts)
+        for chunk in [c for c in unseen if c in present]:
+            unseen.discard(chunk)
+            written += chunk_images[chunk]
+        bar.n = written + len(records) + len(failures)
         bar.refresh()
 
     own, failed = 0, 0
@@ -329,11 +336,10 @@ def label_images(
             poll()
             last_poll = time.monotonic()
     if rank == 0:
-        while others:
-            poll()
-            if others:
-                time.sleep(POLL_SECONDS)
         poll()
+        while unseen:
+            time.sleep(POLL_SECONDS)
+            poll()
     bar.close()
     stats = gather_lists([{"rank": rank, "processed": own, "failed": failed}])
     if rank != 0:
