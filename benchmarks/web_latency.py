@@ -82,12 +82,13 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     const logits = out.masks.data, mask = new Uint8Array(logits.length);
     for (let k = 0; k < logits.length; k++) mask[k] = logits[k] > 0 ? 1 : 0;
     samTimes.push(performance.now() - t);
-    const low = state.config.low_res_size, frame = decoder.inputSize[1] / width;
+    const frame = decoder.inputSize[1] / width;
     t = performance.now();
+    // exported decoders take SAM's 256x256 mask prompt whatever the model's own low-res size (the graph resamples)
     const fullOut = await full.run({image_embeddings: decoder.embedding,
       point_coords: new ort.Tensor("float32", Float32Array.from(coords.map((v) => v / scale * frame)), [1, n, 2]),
       point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
-      mask_input: click ? new ort.Tensor("float32", previous.lowRes, [1, 1, low, low]) : decoder.noMask,
+      mask_input: click ? new ort.Tensor("float32", new Float32Array(256 * 256), [1, 1, 256, 256]) : noMask,
       has_mask_input: new ort.Tensor("float32", Float32Array.of(click ? 1 : 0), [1]), orig_im_size: size});
     const fullLogits = fullOut.masks.data, fullMask = new Uint8Array(fullLogits.length);
     for (let k = 0; k < fullLogits.length; k++) fullMask[k] = fullLogits[k] > 0 ? 1 : 0;
