@@ -174,9 +174,8 @@ def main() -> None:
         for name in args.models.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            rows.append(
-                bench(name, args.data, data, args.limit, args.threads, args.repeats, args.runtime, args.chunk_size, work)
-            )
+            options = (args.limit, args.threads, args.repeats, args.runtime, args.chunk_size)
+            rows.append(bench(name, args.data, data, *options, work))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| model | images | boxes | ours 1p img/s | ours 2p img/s | 2p / 1p | official img/s | 1p / official "
           "| labels mIoU | eval box mIoU |")  # fmt: skip

@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,16 +31,9 @@ import httpx
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(REPO / "tests"))
+
+from web_support import CHROMIUM_ARGS, free_port  # noqa: E402  (the browser settings of the web app's tests)
 
 # Runs in the page: `events` prompts through the page's decoder, SAM's exported decoder and /v1/predict.
 MEASURE = """async ({events, samUrl, fullUrl}) => {
@@ -112,12 +104,6 @@ FIRST_MASK = """async ({index, x, y}) => {
   const result = await app.state.decoder.decode({points: [[x, y, 1]], box: null, maskInput: null}, 0);
   return {first: performance.now() - t, score: result.score};
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def export_sam_decoder(path: Path) -> Path:

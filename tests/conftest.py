@@ -34,3 +34,22 @@ def default_sigchld() -> Iterator[None]:
     such a loader early leaves the handler behind, and a later test's child process exiting must not run it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     yield
+
+
+@pytest.fixture(scope="module")
+def service():
+    """The service the API tests run against: the bundled model, small limits so refusals are cheap to reach."""
+    from evitsam.service import Service, ServiceConfig
+
+    svc = Service.load(ServiceConfig(cache_mb=64, max_upload_mb=2, max_pixels=5_000_000))
+    svc.warm_up()
+    return svc
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from fastapi.testclient import TestClient
+
+    from evitsam.service import create_app
+
+    return TestClient(create_app(service))

@@ -1,4 +1,5 @@
-"""What the service tests have in common: upload bytes, COCO RLE decoding, checks of refusals."""
+"""What the service tests have in common: upload bytes, COCO RLE decoding, checks of refusals (the fixtures
+``service`` and ``client`` are in conftest.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from evitsam import example_image, read_image, render_overlay
 from evitsam.data.synthetic import SynthSettings, render
-from evitsam.masks import decode_rle
+from evitsam.everything.mask_ops import decode_rle
 
 pytestmark = pytest.mark.slow  # every test runs the command in a fresh process
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from evitsam import MaskGenerator, SamPredictor, build_model
 from evitsam.cli import app
-from evitsam.masks import decode_rle, encode_rle, masks_to_boxes, rle_area, uncompressed_rle
+from evitsam.everything.mask_ops import decode_rle, encode_rle, masks_to_boxes, rle_area, uncompressed_rle
 
 official_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="install the [test] extra")
 from efficientsam.models.efficientvit.sam import EfficientViTSamAutomaticMaskGenerator  # noqa: E402

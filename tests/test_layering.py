@@ -16,9 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "evitsam"
 # part of the package (first component below evitsam) -> layer; a part imports only lower layers (or itself)
 LAYERS = {
     "_version": 0,
-    "files": 0,
+    "atomic_files": 0,
     "io": 0,
-    "masks": 0,
     "visualize": 0,
     "distributed": 0,
     "prompt_workers": 0,  # single-threaded worker threads for many small per-prompt operations
@@ -31,7 +30,6 @@ LAYERS = {
     "predictor": 7,
     "prompting": 8,
     "everything": 8,
-    "everything_io": 9,
     "data": 9,
     "training": 10,
     "evaluation": 10,
@@ -98,6 +96,16 @@ def test_imports_point_down(path):
         assert target == part or LAYERS[target] < LAYERS[part], (
             f"{'.'.join(_module_name(path))} imports {'.'.join(module)}: {part} (layer {LAYERS[part]}) may "
             f"import only lower layers, {target} is layer {LAYERS[target]}"
+        )
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_import_of_ours_names_a_module_that_exists(path):
+    """Lazy imports inside functions run only when their branch does: a moved module must not leave one behind."""
+    for module in _imports(path):
+        location = PACKAGE.parent.joinpath(*module)
+        assert location.with_suffix(".py").is_file() or (location / "__init__.py").is_file(), (
+            f"{'.'.join(_module_name(path))} imports {'.'.join(module)}, which does not exist"
         )
 
 

@@ -13,22 +13,10 @@ from service_support import assert_error, decode_coco, upload
 
 from evitsam import MaskGenerator, SamPredictor
 from evitsam.io import read_image
-from evitsam.service import Service, ServiceConfig, create_app
+from evitsam.service import Service
 from evitsam.service.images import image_predictor
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def service() -> Service:
-    svc = Service.load(ServiceConfig(cache_mb=64, max_upload_mb=2, max_pixels=5_000_000))
-    svc.warm_up()
-    return svc
-
-
-@pytest.fixture(scope="module")
-def client(service: Service) -> TestClient:
-    return TestClient(create_app(service))
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def service() -> Service:
-    svc = Service.load(ServiceConfig(cache_mb=64, max_upload_mb=2, max_pixels=5_000_000))
-    svc.warm_up()
-    return svc
-
-
-@pytest.fixture(scope="module")
-def client(service: Service) -> TestClient:
-    return TestClient(create_app(service))
-
-
-@pytest.fixture(scope="module")
 def photo() -> bytes:
     """A small real-looking image built here: smooth gradients and a bright disc."""
     y, x = np.mgrid[0:240, 0:320]

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .files import atomic_write
+from .atomic_files import atomic_write
 from .models import EfficientViTSam
 from .variants import DEFAULT_VARIANT, HF_REPO, VARIANTS, Variant, get_variant
 

@@ -28,7 +28,7 @@ from .common import (
     read_cli_image,
 )
 
-FORMATS = ("coco", "json", "png")  # evitsam.everything_io.FORMATS
+FORMATS = ("coco", "json", "png")  # evitsam.everything.folders.FORMATS
 
 
 def everything(
@@ -72,7 +72,7 @@ def everything(
             raise ValueError(f"{option} {value}: expected a number in [0, 1]")
     name_or_path = model_source(model, checkpoint)
     check_output_folder(output)
-    from ..everything_io import image_files
+    from ..everything.folders import image_files
 
     files = image_files(source)
     if source.is_file():
@@ -84,7 +84,7 @@ def everything(
     check_engine(runtime, precision)
 
     from ..everything import MaskGenerator
-    from ..everything_io import segment_everything
+    from ..everything.folders import segment_everything
     from ..variants import get_variant
 
     sam = load_cli_model(name_or_path, variant, device)
@@ -114,7 +114,7 @@ def everything(
 
 def _check_settings(output: Path, files: list[Path], fmt: str, settings: dict, overwrite: bool) -> None:
     """Finished images made with other settings: an error (one folder, one set of settings) unless --overwrite."""
-    from ..everything_io import settings_conflict
+    from ..everything.folders import settings_conflict
 
     conflict = None if overwrite or not output.is_dir() else settings_conflict(output, files, fmt, settings)
     if conflict:

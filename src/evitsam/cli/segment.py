@@ -130,7 +130,7 @@ def segment(
     max_pixels: MaxPixelsOption = 100_000_000,
 ) -> None:
     """Segment IMAGE from point and/or box prompts (pixels of the image as displayed) and write the mask(s) as PNG."""
-    from ..files import atomic_write
+    from ..atomic_files import atomic_write
 
     point_texts, box_texts = point or [], box or []
     points = [parse_point(text) for text in point_texts]

@@ -21,7 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ..files import atomic_write
+from ..atomic_files import atomic_write
 from .photos import PhotoSource, refuse_validation_data
 from .scenes import CATEGORIES, PHOTO_OBJECT, SceneOptions, compose
 

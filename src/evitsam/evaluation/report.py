@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import atomic_write
+from ..atomic_files import atomic_write
 
 MIOU_KEYS = ("all", "large", "medium", "small")
 

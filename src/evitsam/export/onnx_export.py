@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..files import atomic_write
+from ..atomic_files import atomic_write
 from ..models import EfficientViTSam
 from ..models.neck import EMBED_DIM
 from ..models.sam import PROMPT_FRAME

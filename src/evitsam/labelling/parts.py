@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..atomic_files import atomic_write
 
 MANIFEST = "job.json"
 CHUNK_FILE = re.compile(r"^chunk-(\d{8})(-failed)?\.json$")

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from ..distributed import SharedCounter, broadcast, gather_lists, rank_and_world
 from ..evaluation.protocol import box_prompts
 from ..everything import MaskGenerator
+from ..everything.mask_ops import encode_rle
 from ..io import read_image
-from ..masks import encode_rle
 from ..models.sam import PIXEL_MEAN
 from ..predictor import SamPredictor
 from ..transforms import PROMPT_FRAME, get_preprocess_shape

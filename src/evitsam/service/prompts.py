@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..masks import encode_rle
+from ..everything.mask_ops import encode_rle
 from .errors import ApiError
 from .images import CachedImage
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic_files import atomic_write
 from ..data import SkippingDataset, open_dataset
 from ..data.sample import first_readable
-from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..weights import read_state_dict, save_safetensors
 from .config import DistillConfig

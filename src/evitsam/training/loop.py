@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..atomic_files import atomic_write
 from ..distributed import broadcast, init_distributed
-from ..files import atomic_write
 from ..models import EfficientViTSam
 from ..variants import get_variant
 from ..weights import load_model, save_safetensors

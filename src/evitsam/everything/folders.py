@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write
-from .io import read_image
+from ..atomic_files import atomic_write
+from ..io import read_image
 
 if TYPE_CHECKING:
-    from .everything import MaskGenerator
+    from .generator import MaskGenerator
 
 FORMATS = ("coco", "json", "png")
 
@@ -105,7 +105,7 @@ def write_masks(
         text = json.dumps({"image": info, "annotations": records} | extra)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         return
-    from .masks import decode_rle
+    from .mask_ops import decode_rle
 
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -162,8 +162,8 @@ def segment_everything(
             continue
         records = generator.generate(picture)
         if overlay:
-            from .masks import decode_rle
-            from .visualize import render_overlay
+            from ..visualize import render_overlay
+            from .mask_ops import decode_rle
 
             masks = list(decode_rle([r["segmentation"] for r in records])) if records else []
             drawn = render_overlay(picture, masks)

@@ -18,7 +18,6 @@ The image embedding comes from a :class:`SamPredictor`, the one place that pre-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .masks import (
+from ..models import EfficientViTSam
+from ..models.fast_attention import ImageSide
+from ..predictor import SamPredictor
+from ..prompt_workers import PromptWorkers
+from ..transforms import as_rgb_uint8
+from .candidates import MaskCandidates
+from .mask_ops import (
     box_xyxy_to_xywh,
     crop_boxes,
     crop_nms_scores,
@@ -41,11 +46,6 @@ from .masks import (
     stability_score,
     uncompressed_rle,
 )
-from .models import EfficientViTSam
-from .models.fast_attention import ImageSide
-from .predictor import SamPredictor
-from .prompt_workers import PromptWorkers
-from .transforms import as_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 SAMPLING_MODES = ("grid", "coverage")
@@ -55,46 +55,6 @@ RESIZE_CHUNK = 16
 # every prompt shares is computed once per image (``decoder_image_side``), so small chunks lose nothing:
 # 4 was 10-25 % faster than 16 on CPU (16x16 grid, L0, 1 thread).
 DECODER_CHUNK = 4
-
-
-@dataclass
-class MaskCandidates:
-    """Masks kept so far, one row per mask; ``rles`` are COCO RLEs in the full-image frame."""
-
-    iou_preds: torch.Tensor  # (N,) float
-    stability_score: torch.Tensor  # (N,) float
-    points: torch.Tensor  # (N, 2) float64, (x, y) in the full image
-    boxes: torch.Tensor  # (N, 4) XYXY, inclusive max corner, full image
-    crop_boxes: torch.Tensor  # (N, 4) XYXY
-    rles: list[dict[str, Any]]
-
-    @classmethod
-    def empty(cls) -> MaskCandidates:
-        return cls(
-            torch.zeros(0),
-            torch.zeros(0),
-            torch.zeros(0, 2, dtype=torch.float64),
-            torch.zeros(0, 4),
-            torch.zeros(0, 4),
-            [],
-        )
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def take(self, index: torch.Tensor) -> MaskCandidates:
-        index = torch.as_tensor(index).cpu()
-        if index.dtype == torch.bool:
-            index = index.nonzero().flatten()
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rles"}
-        taken = {name: value[index] for name, value in values.items()}
-        return MaskCandidates(**taken, rles=[self.rles[i] for i in index.tolist()])
-
-    @classmethod
-    def cat(cls, parts: list[MaskCandidates]) -> MaskCandidates:
-        parts = [p for p in parts if len(p)] or [cls.empty()]
-        tensors = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls) if f.name != "rles"}
-        return cls(**tensors, rles=[rle for p in parts for rle in p.rles])
 
 
 class MaskGenerator:
