@@ -51,7 +51,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
   const size = new ort.Tensor("float32", Float32Array.of(height, width), [2]);
   const points = Array.from({length: events},
     (_, i) => [(0.1 + 0.8 * ((i * 0.618) % 1)) * width, (0.1 + 0.8 * ((i * 0.382) % 1)) * height]);
-  const ours = [], samTimes = [], fullTimes = [], server = [];
+  const ours = [], samTimes = [], fullTimes = [], server = [], clicks = [];
   let previous = null;
   for (let i = 0; i < events; i++) {
     const [x, y] = points[i];
@@ -61,6 +61,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     let t = performance.now();
     const result = await decoder.decode(prompt, 0);
     ours.push(performance.now() - t);
+    clicks.push(Boolean(click));
     previous = {point: [x, y, 1], lowRes: result.lowRes};
     const coords = prompt.points.flatMap(([px, py]) => [px * scale, py * scale]).concat([0, 0]);
     const labels = prompt.points.map((p) => p[2]).concat([-1]);
@@ -94,7 +95,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     await response.json();
     server.push(performance.now() - t);
   }
-  return {ours, sam: samTimes, full: fullTimes, server, threads: decoder.threads, samOutput: [height, width]};
+  return {ours, sam: samTimes, full: fullTimes, server, clicks, threads: decoder.threads, samOutput: [height, width]};
 }"""
 
 FIRST_MASK = """async ({index, x, y}) => {
@@ -231,9 +232,18 @@ def main() -> None:
                         first = page.evaluate(FIRST_MASK, {"index": 1 + n, **point})
                         set_image = (encoder_seconds(base) - before) * 1000
                         ours, sam, full, server = (percentiles(result[k]) for k in ("ours", "sam", "full", "server"))
+                        split = {  # hovers (prompt graph) and clicks (mask fed back: image side first) apart
+                            (kind, clicked): statistics.median(
+                                [t for t, c in zip(result[kind], result["clicks"]) if c == clicked]
+                            )
+                            for kind in ("ours", "sam")
+                            for clicked in (False, True)
+                        }
                         print(
                             f"{name:5s} threads {threads}: ours {ours[0]:6.1f} / {ours[1]:6.1f}  "
                             f"SAM export {sam[0]:6.1f} / {sam[1]:6.1f}  ratio {ours[0] / sam[0]:.2f}x  "
+                            f"hover p50 ours {split['ours', False]:.1f} SAM {split['sam', False]:.1f}  "
+                            f"click p50 ours {split['ours', True]:.1f} SAM {split['sam', True]:.1f}  "
                             f"ours full-size graph {full[0]:6.1f} / {full[1]:6.1f} ({full[0] / sam[0]:.2f}x)  "
                             f"server /v1/predict {server[0]:6.1f} / {server[1]:6.1f}  "
                             f"first mask {first['first']:.0f} ms = set_image {set_image:.0f} ms "
