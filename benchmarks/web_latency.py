@@ -51,7 +51,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
   const size = new ort.Tensor("float32", Float32Array.of(height, width), [2]);
   const points = Array.from({length: events},
     (_, i) => [(0.1 + 0.8 * ((i * 0.618) % 1)) * width, (0.1 + 0.8 * ((i * 0.382) % 1)) * height]);
-  const ours = [], samTimes = [], fullTimes = [], server = [], clicks = [];
+  const ours = [], samTimes = [], fullTimes = [], server = [], clicks = [], upscale = [];
   let previous = null;
   for (let i = 0; i < events; i++) {
     const [x, y] = points[i];
@@ -62,6 +62,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     const result = await decoder.decode(prompt, 0);
     ours.push(performance.now() - t);
     clicks.push(Boolean(click));
+    upscale.push(result.timing.upscale);
     previous = {point: [x, y, 1], lowRes: result.lowRes};
     const coords = prompt.points.flatMap(([px, py]) => [px * scale, py * scale]).concat([0, 0]);
     const labels = prompt.points.map((p) => p[2]).concat([-1]);
@@ -95,7 +96,8 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     await response.json();
     server.push(performance.now() - t);
   }
-  return {ours, sam: samTimes, full: fullTimes, server, clicks, threads: decoder.threads, samOutput: [height, width]};
+  return {ours, sam: samTimes, full: fullTimes, server, clicks, upscale, threads: decoder.threads,
+    samOutput: [height, width]};
 }"""
 
 FIRST_MASK = """async ({index, x, y}) => {
@@ -244,6 +246,7 @@ def main() -> None:
                             f"SAM export {sam[0]:6.1f} / {sam[1]:6.1f}  ratio {ours[0] / sam[0]:.2f}x  "
                             f"hover p50 ours {split['ours', False]:.1f} SAM {split['sam', False]:.1f}  "
                             f"click p50 ours {split['ours', True]:.1f} SAM {split['sam', True]:.1f}  "
+                            f"(of ours, the mask's scaling to the photo {statistics.median(result['upscale']):.1f})  "
                             f"ours full-size graph {full[0]:6.1f} / {full[1]:6.1f} ({full[0] / sam[0]:.2f}x)  "
                             f"server /v1/predict {server[0]:6.1f} / {server[1]:6.1f}  "
                             f"first mask {first['first']:.0f} ms = set_image {set_image:.0f} ms "

@@ -273,3 +273,56 @@ def test_segment_everything_masks_are_picked_as_objects(server, browser):
     page.wait_for_function("window.evitsam.state.objects.every((o) => o.state === 'saved')")
     last = httpx.get(f"{server.base}/v1/folder/images/0/objects").json()["objects"][-1]
     httpx.delete(f"{server.base}/v1/folder/objects/{last['id']}")
+
+
+UPSCALE = """async ({logits, low, input, original, threshold}) => {
+  const {resizeAxis, upscaleMask} = await import("/web/decoder.mjs");
+  const data = Float32Array.from(logits);
+  const [h, w] = original;
+  const rows = resizeAxis(low, input[0], h), cols = resizeAxis(low, input[1], w);
+  const fast = upscaleMask(data, low, rows, cols, h, w, threshold).mask;
+  // the plain path: every pixel from its 4 x 4 weighted low-res logits, in the same order of sums
+  const plain = new Uint8Array(h * w);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    let v = 0;
+    for (let i = 0; i < 4; i++) {
+      const wr = rows.weight[y * 4 + i];
+      if (wr === 0) continue;
+      let sum = 0;
+      const src = rows.index[y * 4 + i] * low;
+      for (let j = 0; j < 4; j++) sum += cols.weight[x * 4 + j] * data[src + cols.index[x * 4 + j]];
+      v += wr * sum;
+    }
+    plain[y * w + x] = v > threshold ? 1 : 0;
+  }
+  return {fast: Array.from(fast), plain: Array.from(plain)};
+}"""
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_the_pages_mask_scaling_equals_the_plain_sum_and_the_models(server, browser, smooth):
+    """Noisy logits (every block mixed: the per-pixel path) and smooth ones (mostly whole blocks): the page's fast
+    scaling equals the plain weighted sum pixel for pixel, and the model's own post-processing but for a few
+    pixels at the threshold (float64 in the page, float32 in PyTorch)."""
+    import torch
+
+    import evitsam
+
+    model = evitsam.load_model()
+    low = model.low_res_size
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, (low, low)).astype(np.float32)
+    if smooth:
+        y, x = np.mgrid[0:low, 0:low] / low
+        logits = (0.3 - np.hypot(y - 0.4, x - 0.5)).astype(np.float32) * 40
+    original, threshold = (301, 457), 0.5
+    scale = 1024 / max(original)  # the prompt frame, where input_size lives (SamPredictor.input_size)
+    input_size = (round(original[0] * scale), round(original[1] * scale))
+    page = open_page(browser, server.base)
+    args = {"logits": logits.ravel().tolist(), "low": low, "input": list(input_size), "original": list(original)}
+    result = page.evaluate(UPSCALE, {**args, "threshold": threshold})
+    fast = np.array(result["fast"], bool).reshape(original)
+    assert np.array_equal(fast, np.array(result["plain"], bool).reshape(original))
+    reference = model.postprocess_masks(torch.from_numpy(logits)[None, None], input_size, original, threshold)
+    reference = reference[0, 0].numpy().astype(bool)
+    assert (fast != reference).mean() < 1e-3 and 0.05 < fast.mean() < 0.95
