@@ -34,41 +34,30 @@ def tracing_available() -> bool:
 
 class _Decode(nn.Module):
     """``FastDecoder.decode`` as a module whose submodule is the model, so the trace reads the weights as
-    the model's attributes (not constants) and the image side arrives as a flat list of tensors."""
+    the model's attributes (not constants); its inputs are the present ones of the call's optional tensors."""
 
-    def __init__(self, decoder: FastDecoder, layout: tuple, multimask_output: bool, products: torch.dtype) -> None:
+    def __init__(self, decoder: FastDecoder, layout: tuple[bool, ...], multimask_output: bool, products) -> None:
         super().__init__()
         self.model = decoder.model
         self.decoder = decoder
-        self.layout = layout  # (prompts present, image side layout): a trace takes tensors, never None
+        self.layout = layout  # which of ``_optional_tensors`` are present: a trace takes tensors, never None
         self.multimask_output = multimask_output
         self.products = products
 
     def forward(self, embeddings: torch.Tensor, *tensors: torch.Tensor) -> Outputs:
-        prompts_present, side_layout = self.layout
-        remaining = iter(tensors)
-        point_coords, point_labels, boxes = (next(remaining) if present else None for present in prompts_present)
-        side = _unflatten(list(remaining), side_layout, self.products)
+        present = iter(tensors)
+        values = [next(present) if here else None for here in self.layout]
+        point_coords, point_labels, boxes, keys, key_pe, upscaled, *fields = values
+        width = len(ImageProjection._fields)
+        projections = tuple(ImageProjection(*fields[i : i + width]) for i in range(0, len(fields), width))
+        side = ImageSide(keys, key_pe, projections, upscaled, self.products)
         return self.decoder.decode(embeddings, point_coords, point_labels, boxes, None, self.multimask_output, side)
 
 
-def _flatten(side: ImageSide) -> tuple[tuple, list[torch.Tensor]]:
-    """The image side's tensors in a fixed order, and which of its optional tensors are present."""
-    layout = (side.upscaled is not None, tuple(tuple(t is not None for t in p) for p in side.projections))
-    tensors = [side.keys, side.key_pe] + ([side.upscaled] if side.upscaled is not None else [])
-    tensors += [t for projection in side.projections for t in projection if t is not None]
-    return layout, tensors
-
-
-def _unflatten(tensors: list[torch.Tensor], layout: tuple, products: torch.dtype) -> ImageSide:
-    has_upscaled, projection_layout = layout
-    keys, key_pe, *rest = tensors
-    upscaled = rest.pop(0) if has_upscaled else None
-    remaining = iter(rest)
-    projections = tuple(
-        ImageProjection(*(next(remaining) if present else None for present in parts)) for parts in projection_layout
-    )
-    return ImageSide(keys, key_pe, projections, upscaled, products)
+def _optional_tensors(point_coords, point_labels, boxes, side: ImageSide) -> list[torch.Tensor | None]:
+    """The prompts and the image side's tensors in the order ``_Decode.forward`` reads them."""
+    fields = [t for projection in side.projections for t in projection]
+    return [point_coords, point_labels, boxes, side.keys, side.key_pe, side.upscaled, *fields]
 
 
 def _signature(tensor: torch.Tensor) -> tuple:
@@ -95,10 +84,9 @@ class TracedDecoder:
         multimask_output: bool,
         image_side: ImageSide,
     ) -> Outputs:
-        side_layout, side_tensors = _flatten(image_side)
-        prompts = (point_coords, point_labels, boxes)
-        layout = (tuple(t is not None for t in prompts), side_layout)
-        inputs = (embeddings, *(t for t in prompts if t is not None), *side_tensors)
+        optional = _optional_tensors(point_coords, point_labels, boxes, image_side)
+        layout = tuple(t is not None for t in optional)
+        inputs = (embeddings, *(t for t in optional if t is not None))
         key = (multimask_output, image_side.products, layout, tuple(map(_signature, inputs)), self._weights())
         with self._lock:
             trace = self._traces.get(key)
@@ -121,7 +109,7 @@ class TracedDecoder:
             low_res, iou_predictions = trace(*inputs)
         return low_res, iou_predictions
 
-    def _trace(self, inputs: tuple, layout: tuple, multimask_output: bool, products: torch.dtype):
+    def _trace(self, inputs: tuple, layout: tuple[bool, ...], multimask_output: bool, products: torch.dtype):
         module = _Decode(self.decoder, layout, multimask_output, products)
         with torch.no_grad(), torch.autocast(inputs[0].device.type, enabled=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python values it records as constants

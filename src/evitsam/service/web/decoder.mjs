@@ -89,6 +89,22 @@ function readGroups(axis, size) {
   return groups;
 }
 
+/** The taps of each output with a weight, in order: {count: per output, index, weight: 4 slots per output}. */
+function nonzeroTaps(axis, size) {
+  const count = new Uint8Array(size);
+  const index = new Int32Array(size * 4);
+  const weight = new Float64Array(size * 4);
+  for (let o = 0; o < size; o++) {
+    for (let k = 0; k < 4; k++) {
+      const w = axis.weight[o * 4 + k];
+      if (w === 0) continue;
+      index[o * 4 + count[o]] = axis.index[o * 4 + k];
+      weight[o * 4 + count[o]++] = w;
+    }
+  }
+  return { count, index, weight };
+}
+
 /** Low-res logits (low x low, one mask) -> {mask: row-major Uint8Array at the original size (logits > threshold),
  * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
  * logits: blocks whose inputs all lie on one side of the threshold are filled without computing them; in the
@@ -96,6 +112,8 @@ function readGroups(axis, size) {
 export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0) {
   rows.groups ||= readGroups(rows, height);
   cols.groups ||= readGroups(cols, width);
+  rows.taps ||= nonzeroTaps(rows, height);
+  const taps = rows.taps;
   if (!cols.across || cols.across.length !== low * width) cols.across = new Float64Array(low * width);
   const across = cols.across;
   const done = new Uint8Array(low); // low-res rows already resized along x in this call
@@ -110,8 +128,6 @@ export function upscaleMask(logits, low, rows, cols, height, width, threshold = 
     }
     done[r] = 1;
   };
-  const tapWeight = new Float64Array(4);
-  const tapOffset = new Int32Array(4);
   const mask = new Uint8Array(height * width);
   const bbox = [width, height, 0, 0];
   for (const [y0, y1, r0, r1] of rows.groups) {
@@ -135,17 +151,11 @@ export function upscaleMask(logits, low, rows, cols, height, width, threshold = 
           any = true;
           continue;
         }
-        // this output row's taps (at most 4 low-res rows with a weight), in order
-        let taps = 0;
-        for (let i = 0; i < 4; i++) {
-          const wr = rows.weight[y * 4 + i];
-          if (wr === 0) continue;
-          tapWeight[taps] = wr;
-          tapOffset[taps++] = rows.index[y * 4 + i] * width;
-        }
+        const first = y * 4;
+        const last = first + taps.count[y];
         for (let x = x0; x < x1; x++) {
           let v = 0;
-          for (let t = 0; t < taps; t++) v += tapWeight[t] * across[tapOffset[t] + x];
+          for (let t = first; t < last; t++) v += taps.weight[t] * across[taps.index[t] * width + x];
           if (v > threshold) {
             mask[out + x] = 1;
             any = true;
