@@ -4,7 +4,8 @@
 
 For each served model (``nano``: the bundled model; ``l0``: the L0 architecture with random weights) and each
 onnxruntime-web thread count, in the same page and the same onnxruntime-web (WASM, SIMD):
-- ``ours``: the page's decode of a hover/click (the decoder graph, then the low-res logits scaled to the photo);
+- ``ours``: the page's decode of a hover/click (the decoder graphs, then the low-res logits scaled to the photo;
+  a hover decodes the part of the low-res grid the photo covers, a click all of it, for its next refinement);
 - ``sam``: SAM's own ViT-B decoder as SAM's ``scripts/export_onnx_model.py`` exports it
   (``SamOnnxModel(return_single_mask=True)``, random weights; masks at the photo's size, thresholded);
 - ``full``: the served model's decoder as SAM's full-size single-mask graph (``export_decoder``), for comparison;
@@ -59,11 +60,12 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     const prompt = click ? {points: [previous.point, [x, y, 0]], box: null, maskInput: previous.lowRes}
       : {points: [[x, y, 1]], box: null, maskInput: null};
     let t = performance.now();
-    const result = await decoder.decode(prompt, 0);
+    const result = await decoder.decode(prompt, 0, {preview: !click});  // as the page: a hover is a preview
     ours.push(performance.now() - t);
     clicks.push(Boolean(click));
     upscale.push(result.timing.upscale);
-    previous = {point: [x, y, 1], lowRes: result.lowRes};
+    // the next click refines this point's mask: its whole low-res grid, as a click on it would give (not timed)
+    previous = {point: [x, y, 1], lowRes: click ? result.lowRes : (await decoder.decode(prompt, 0)).lowRes};
     const coords = prompt.points.flatMap(([px, py]) => [px * scale, py * scale]).concat([0, 0]);
     const labels = prompt.points.map((p) => p[2]).concat([-1]);
     const n = labels.length;
@@ -104,7 +106,8 @@ FIRST_MASK = """async ({index, x, y}) => {
   const app = window.evitsam;
   const t = performance.now();
   await app.openIndex(index);
-  const result = await app.state.decoder.decode({points: [[x, y, 1]], box: null, maskInput: null}, 0);
+  // the first mask a person sees: the hover preview under the cursor
+  const result = await app.state.decoder.decode({points: [[x, y, 1]], box: null, maskInput: null}, 0, {preview: true});
   return {first: performance.now() - t, score: result.score};
 }"""
 

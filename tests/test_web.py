@@ -102,11 +102,19 @@ def test_click_negative_point_and_box_masks_equal_the_servers(server, browser):
     assert "decoded in this page (WebAssembly" in page.locator("#status").text_content()
     image_id = page.evaluate("window.evitsam.state.image.id")
 
+    page.mouse.move(*to_client(page, 500, 375))  # hover: the preview (only the part of the grid the photo shows)
+    page.evaluate(IDLE)
+    hover = page.evaluate("window.evitsam.hoverMask()")
+    assert hover is not None, page.locator("#error").text_content()
+    image = page.evaluate("window.evitsam.state.image")
+    hover = decode_coco({"size": [image["height"], image["width"]], "counts": hover["counts"]})
+
     click(page, 500, 375)  # the truck's window: one click, the best of the three candidate masks
     mask, state = page_mask(page)
     point = state["points"][0]
     expected, first = server_mask(server, image_id, points=[point], multimask=True)
     assert mask[375, 500] and iou(mask, expected) >= 0.99, iou(mask, expected)
+    assert hover[375, 500] and iou(hover, expected) >= 0.99, iou(hover, expected)
 
     click(page, 377, 400, negative=True)  # the window's left part, inside the first mask
     refined, state = page_mask(page)
@@ -326,3 +334,55 @@ def test_the_pages_mask_scaling_equals_the_plain_sum_and_the_models(server, brow
     reference = model.postprocess_masks(torch.from_numpy(logits)[None, None], input_size, original, threshold)
     reference = reference[0, 0].numpy().astype(bool)
     assert (fast != reference).mean() < 1e-3 and 0.05 < fast.mean() < 0.95
+
+
+PREVIEW = """async (points) => {
+  const decoder = window.evitsam.state.decoder;
+  const out = [];
+  for (const [x, y] of points) {
+    const prompt = {points: [[x, y, 1]], box: null, maskInput: null};
+    const preview = await decoder.decode(prompt, 0, {preview: true});
+    const full = await decoder.decode(prompt, 0);
+    let differ = 0, set = 0;
+    for (let k = 0; k < full.mask.length; k++) { differ += preview.mask[k] !== full.mask[k]; set += full.mask[k]; }
+    const scores = [preview.score, full.score];
+    out.push({differ, set, lowRes: preview.lowRes, fullLength: full.lowRes.length, scores});
+  }
+  return {out, extent: decoder.extent, grid: decoder.low / 4};
+}"""
+
+
+ROTATED = """async () => {  // the dog photo turned to portrait, opened as a file
+  const bitmap = await createImageBitmap(await (await fetch("/v1/folder/images/0/file")).blob());
+  const canvas = new OffscreenCanvas(bitmap.height, bitmap.width);
+  const context = canvas.getContext("2d");
+  context.translate(bitmap.height, 0);
+  context.rotate(Math.PI / 2);
+  context.drawImage(bitmap, 0, 0);
+  const blob = await canvas.convertToBlob({type: "image/png"});
+  await window.evitsam.openFile(new File([blob], "portrait.png", {type: "image/png"}));
+}"""
+
+
+def test_a_hover_preview_decodes_only_the_photos_part_and_equals_the_whole(server, browser):
+    """Landscape and portrait photos: a hover decodes only the grid rows (or columns) the photo covers; its mask
+    equals the whole grid's pixel for pixel, at the photo's far edges too, and it hands no low-res mask on."""
+    page = open_page(browser, f"{server.base}/?index=1")  # truck.jpg, 3:2
+    for photo in ("landscape", "portrait"):
+        if photo == "portrait":
+            page.evaluate(ROTATED)
+            opened = "window.evitsam.state.image.name === 'portrait.png' && window.evitsam.state.image.readyMs"
+            page.wait_for_function(opened)
+        image = page.evaluate("window.evitsam.state.image")
+        w, h = image["width"], image["height"]
+        assert (w > h) == (photo == "landscape")
+        points = [(0.5 * w, 0.5 * h), (w - 2, h - 2), (w - 2, 2), (2, h - 2), (0.2 * w, 0.9 * h)]
+        result = page.evaluate(PREVIEW, points)
+        grid, (rows, columns) = result["grid"], result["extent"]
+        assert (rows < grid, columns < grid) == ((True, False) if photo == "landscape" else (False, True))
+        assert 0.6 < min(rows, columns) / grid < 0.75  # 2:3 of the grid, and a token more at most
+        for point in result["out"]:
+            assert point["differ"] == 0 and point["lowRes"] is None and point["fullLength"] == (4 * grid) ** 2
+            assert point["scores"][0] == point["scores"][1]
+        assert sum(point["set"] > 0 for point in result["out"]) >= 3
+    assert page.errors == []

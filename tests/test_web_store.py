@@ -101,9 +101,13 @@ def test_page_loads_without_the_token_the_api_needs(service):
     assert client.get("/v1/web/config", headers={"Authorization": "Bearer secret"}).status_code == 200
 
 
+def names_of(session: ort.InferenceSession) -> list[str]:
+    return [output.name for output in session.get_outputs()]
+
+
 def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, shared_data):
-    """The page's graphs (the image side once per image or mask prompt, then each prompt) give the predictor's own
-    low-res masks and scores."""
+    """The page's graphs (the image side once per image, with a mask prompt, then each prompt) give the predictor's
+    own low-res masks and scores."""
     config = client.get("/v1/web/config").json()
     assert config["low_res_size"] == service.model.low_res_size and config["folder"]["name"] == "photos"
     sessions = {
@@ -116,36 +120,35 @@ def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, sh
     points = np.array([[300.0, 400.0], [560.0, 230.0]])
     frame = predictor.transform.apply_coords(points, predictor.original_size)
     embedding = predictor.get_image_embedding().float().numpy()
-    names = [o.name for o in sessions["image"].get_outputs()]
+    names = names_of(sessions["image"])
     low = service.model.low_res_size
+    grid = low // 4
+    side = dict(zip(names, sessions["image"].run(None, {"image_embeddings": embedding})))
 
-    def image_side(mask: np.ndarray | None) -> dict:
-        gate = np.ones(1, np.float32) if mask is not None else np.zeros(1, np.float32)
-        mask = mask if mask is not None else np.zeros((1, 1, low, low), np.float32)
-        outputs = sessions["image"].run(
-            None, {"image_embeddings": embedding, "mask_input": mask, "has_mask_input": gate}
-        )
-        return dict(zip(names, outputs))
+    def run(side: dict, points: np.ndarray, labels: list[float], multimask: bool) -> tuple[np.ndarray, ...]:
+        feeds = {
+            **side,
+            "point_coords": np.concatenate([points, [[0, 0]]])[None].astype(np.float32),
+            "point_labels": np.array([[*labels, -1]], np.float32),
+            "extent": np.array([grid, grid], np.int64),
+            "multimask": np.array([float(multimask)], np.float32),
+        }
+        return sessions["prompt"].run(None, feeds)
 
-    side = image_side(None)
-    one_click = {
-        "point_coords": np.array([[frame[0], [0, 0]]], np.float32),
-        "point_labels": np.array([[1, -1]], np.float32),
-    }
-    masks, iou = sessions["prompt"].run(["low_res_masks", "iou_predictions"], {**side, **one_click})
+    mask, iou, token = run(side, frame[:1], [1], multimask=True)  # one click: the best of tokens 1..3
     _, scores, low_res = predictor.predict(points[:1], np.array([1]), multimask_output=True)
-    np.testing.assert_allclose(iou[0, 1:], scores, atol=1e-4)  # tokens 1..3: the multimask outputs
-    np.testing.assert_allclose(masks[0, 1:], low_res, atol=1e-3)
+    np.testing.assert_allclose(iou[0, 1:], scores, atol=1e-4)
+    assert token[0] == 1 + np.argmax(scores)
+    np.testing.assert_allclose(mask[0, 0], low_res[np.argmax(scores)], atol=1e-3)
 
     best = low_res[np.argmax(scores)][None, None].astype(np.float32)
-    refine = {
-        "point_coords": np.array([[frame[0], frame[1], [0, 0]]], np.float32),
-        "point_labels": np.array([[1, 0, -1]], np.float32),
-    }
-    masks, iou = sessions["prompt"].run(["low_res_masks", "iou_predictions"], {**image_side(best), **refine})
+    refined = sessions["refine"].run(None, {**side, "mask_input": best})  # the image side with a mask prompt
+    refined = {name.removeprefix("masked_"): value for name, value in zip(names_of(sessions["refine"]), refined)}
+    mask, iou, token = run(refined, frame, [1, 0], multimask=False)  # token 0: the single-mask output
     _, scores, low_res = predictor.predict(points, np.array([1, 0]), mask_input=best[0], multimask_output=False)
-    np.testing.assert_allclose(iou[0, :1], scores, atol=1e-4)  # token 0: the single-mask output
-    np.testing.assert_allclose(masks[0, :1], low_res, atol=1e-3)
+    np.testing.assert_allclose(iou[0, :1], scores, atol=1e-4)
+    assert token[0] == 0
+    np.testing.assert_allclose(mask[0], low_res, atol=1e-3)
     predictor.reset_image()
 
 

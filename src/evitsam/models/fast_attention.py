@@ -118,7 +118,17 @@ def _image_scores(attention, x, linear, image, image_pe, pe) -> torch.Tensor:
         offset = offset + torch.einsum("bthd,hdn->bhtn", x, pe).reshape(b, h * t, -1)
     else:
         offset = offset + (folded.reshape(b * h * t, -1) @ image_pe[0].T).view(b, h * t, -1)
-    return torch.baddbmm(offset, folded, image.transpose(1, 2).expand(b, -1, -1))
+    return _add_product(offset, folded, image.transpose(1, 2))
+
+
+def _add_product(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``base + a @ b`` for (B, m, k) ``a``, with ``base`` and ``b`` of batch 1 or B: one ``baddbmm`` in PyTorch.
+    An exported graph gets a broadcast MatMul and an Add instead: ONNX has no ``baddbmm``, whose export copies
+    the expanded operands and scales by beta and alpha, each a pass over (B, N, C) values."""
+    if torch.onnx.is_in_onnx_export():
+        return base + a @ b
+    batch = a.shape[0]
+    return torch.baddbmm(base.expand(batch, -1, -1), a, b.expand(batch, -1, -1))
 
 
 def _projected_image(attention, image, image_pe, b: int, projection, queries: bool) -> ImageProjection | None:
@@ -197,7 +207,7 @@ def _block(
     if updates is not None and keys_owned and keys.shape[0] == weights.shape[0]:
         keys = keys.baddbmm_(weights, values)  # nobody reads these keys after this: in place
     else:  # e.g. the first layer's keys: the prepared image, shared by every prompt
-        keys = torch.baddbmm(keys.expand(weights.shape[0], -1, -1), weights, values)
+        keys = _add_product(keys, weights, values)
     if updates is None:
         return queries, layer.norm4(keys)
     norm = layer.norm4  # the same layer norm, keeping its statistics

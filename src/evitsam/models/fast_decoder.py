@@ -201,7 +201,8 @@ def mask_logits(
     selected: slice | torch.Tensor = slice(None),
     extent: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Low-res logits (B, K, 4h, 4w) of the ``selected`` mask tokens (default all four), inference only.
+    """Low-res logits (B, K, 4h, 4w) of the ``selected`` mask tokens (a slice, default all four, or a (K,) tensor
+    of token indices), inference only.
 
     ``extent`` (rows, columns of low-res pixels, multiples of 4) computes only that top-left part:
     each 4x4 block of logits depends on one image token alone, so the rest (padding of a
@@ -218,8 +219,12 @@ def mask_logits(
     """
     conv1, norm, act1, conv2, act2 = decoder.output_upscaling
     mask_tokens = state.tokens[:, 1 : 1 + decoder.num_mask_tokens, :]
-    indices = range(decoder.num_mask_tokens)[selected] if isinstance(selected, slice) else selected.tolist()
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in indices], dim=1)
+    mlps = decoder.output_hypernetworks_mlps
+    if isinstance(selected, slice):
+        hyper_in = torch.stack([mlps[i](mask_tokens[:, i, :]) for i in range(len(mlps))[selected]], dim=1)
+    else:  # token indices as a tensor, e.g. chosen from the scores inside a traced graph: all, then those
+        hyper_in = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(mlps)], dim=1)
+        hyper_in = hyper_in.index_select(1, selected)
     grid = state.size
     h, w = grid
     b = state.image_tokens.shape[0]
@@ -239,7 +244,7 @@ def mask_logits(
     dtype = state.products  # the second up-scaling product and the hypernetwork's in this dtype
     weight, bias = _pixel_linear(conv2.weight).to(dtype), conv2.bias.repeat(4).to(dtype)
     x = act2(torch.addmm(bias, x.view(b * n * 4, -1).to(dtype), weight))
-    k = len(indices)
+    k = hyper_in.shape[1]
     # (B, K, pixels): (y, x, dy1, dx1, dy2, dx2)
     masks = _product(hyper_in, x.view(b, n * 16, -1).transpose(1, 2), dtype).to(hyper_in.dtype)
     # to (y, dy1, dy2) x (x, dx1, dx2) in two 4-d permutes (one 8-d permute copies 2x slower)

@@ -23,7 +23,7 @@ from ..io import read_image
 from .errors import ApiError
 from .state import Service
 from .store import AnnotationStore, coco_document
-from .web_graph import web_decoder
+from .web_graph import WEB_GRAPHS, web_decoder
 
 WEB_DIR = Path(__file__).parent / "web"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
@@ -115,15 +115,15 @@ def mount_web(app: FastAPI, service: Service) -> None:
             "model": service.info(),
             "low_res_size": model.low_res_size,
             "mask_threshold": float(model.mask_threshold),
-            # the browser's graphs: the image side (once per image, and per mask prompt), then each prompt
-            "graphs": {name: f"/v1/web/{name}.onnx" for name in ("image", "prompt")},
+            # the browser's graphs: the image side (once per image), with a mask prompt, then each prompt
+            "graphs": {name: f"/v1/web/{name}.onnx" for name in WEB_GRAPHS},
             "folder": None if store is None else {"name": config.images.name, "db": str(store.path)},
         }
 
     @router.get("/web/{name}.onnx", tags=["web"], summary="The decoder graphs the page runs (low-res masks, scores)")
     async def decoder(name: str) -> FileResponse:
-        if name not in ("image", "prompt"):
-            raise ApiError(404, "name", f"no graph {name!r}: expected image or prompt")
+        if name not in WEB_GRAPHS:
+            raise ApiError(404, "name", f"no graph {name!r}: expected one of {', '.join(WEB_GRAPHS)}")
         paths = await service.run(web_decoder, service.model)
         return FileResponse(paths[name], media_type="application/octet-stream", headers={"Cache-Control": "no-cache"})
 

@@ -43,7 +43,7 @@ async function start() {
   } catch (error) { showError(error); return; }
   const threads = Number(params.get("threads")) || (crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
   state.decoderReady = (params.get("decoder") === "server" ? Promise.reject(new Error("the server decoder was asked for")) :
-    PageDecoder.load(state.config.graphs, authHeaders(), threads)).then(
+    PageDecoder.load(state.config.graphs, authHeaders(), threads, state.config.low_res_size)).then(
     (decoder) => { state.decoder = decoder; state.decoderNote = `masks decoded in this page (WebAssembly, ${threads} thread${threads > 1 ? "s" : ""})`; },
     (error) => { state.decoderNote = `masks decoded on the server (${error.message || error})`; });
   state.decoderReady.then(showStatus);
@@ -130,7 +130,9 @@ function decodeCurrent(extraPoint = null) {
   const job = decodeChain.then(async () => {
     if ((!points.length && !box) || !image.readyMs) return null; // nothing to decode, or the image is still loading
     const start = performance.now();
-    const result = state.decoder ? await state.decoder.decode({ points, box, maskInput: previous ? previous.lowRes : null }, state.config.mask_threshold)
+    const prompt = { points, box, maskInput: previous ? previous.lowRes : null };
+    // a hover's mask is a preview: never fed back as a mask prompt, so only the part the photo shows is decoded
+    const result = state.decoder ? await state.decoder.decode(prompt, state.config.mask_threshold, { preview: Boolean(extraPoint) })
       : await serverDecode(points, box, previous);
     result.ms = performance.now() - start;
     return image === state.image ? result : null;
@@ -411,12 +413,15 @@ function onKey(event) {
   event.preventDefault();
 }
 
-// For scripts and tests: the page's state and its current mask as COCO RLE.
+const maskRle = (shown) => (shown ? { counts: encodeMask(shown.mask, state.image.height, state.image.width), score: shown.score } : null);
+
+// For scripts and tests: the page's state and its current and hover masks as COCO RLE.
 window.evitsam = {
   state,
   openFile, openIndex, exportAs, accept, undo, redo,
   idle: async () => { while (state.decodes || state.busy || hoverRunning) await new Promise((r) => setTimeout(r, 10)); },
-  currentMask: () => (state.current ? { counts: encodeMask(state.current.mask, state.image.height, state.image.width), score: state.current.score } : null),
+  currentMask: () => maskRle(state.current),
+  hoverMask: () => maskRle(state.hoverMask),
   ready: false,
 };
 bindInput();

@@ -105,72 +105,106 @@ function nonzeroTaps(axis, size) {
   return { count, index, weight };
 }
 
-/** Low-res logits (low x low, one mask) -> {mask: row-major Uint8Array at the original size (logits > threshold),
+/** Low-res logits (one mask, rows of ``stride`` values: the top-left part of the low x low grid that the resize
+ * reads, or all of it) -> {mask: row-major Uint8Array at the original size (logits > threshold),
  * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
- * logits: blocks whose inputs all lie on one side of the threshold are filled without computing them; in the
- * others, each low-res row is first resized along x once (``across``), so a pixel costs 4 products, not 16. */
-export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0) {
+ * logits: blocks whose inputs all lie on one side of the threshold are filled (or skipped) without computing
+ * them; for the others each low-res row is first resized along x once (``across``), then each output row is a
+ * sum of at most 4 of those rows, computed over runs of adjacent mixed blocks (4 products a pixel, not 16). */
+export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0, stride = low) {
   rows.groups ||= readGroups(rows, height);
   cols.groups ||= readGroups(cols, width);
   rows.taps ||= nonzeroTaps(rows, height);
-  const taps = rows.taps;
+  cols.taps ||= nonzeroTaps(cols, width);
   if (!cols.across || cols.across.length !== low * width) cols.across = new Float64Array(low * width);
   const across = cols.across;
   const done = new Uint8Array(low); // low-res rows already resized along x in this call
   const resizeRow = (r) => {
-    const src = r * low;
+    const { count, index, weight } = cols.taps;
+    const src = r * stride;
     const out = r * width;
     for (let x = 0; x < width; x++) {
       const cx = x * 4;
       let sum = 0;
-      for (let j = 0; j < 4; j++) sum += cols.weight[cx + j] * logits[src + cols.index[cx + j]];
+      for (let j = 0; j < count[x]; j++) sum += weight[cx + j] * logits[src + index[cx + j]];
       across[out + x] = sum;
     }
     done[r] = 1;
   };
   const mask = new Uint8Array(height * width);
   const bbox = [width, height, 0, 0];
+  const groups = cols.groups;
+  const kinds = new Uint8Array(groups.length); // per block of this row group: 0 all below, 1 all above, 2 mixed
+  const taps = rows.taps;
   for (const [y0, y1, r0, r1] of rows.groups) {
-    for (const [x0, x1, c0, c1] of cols.groups) {
+    let anyMixed = false;
+    let anyAbove = false;
+    for (let g = 0; g < groups.length; g++) {
+      const [, , c0, c1] = groups[g];
       let min = Infinity;
       let max = -Infinity;
       for (let r = r0; r <= r1; r++) {
-        for (let c = c0; c <= c1; c++) {
-          const v = logits[r * low + c];
+        for (let c = r * stride + c0, last = r * stride + c1; c <= last; c++) {
+          const v = logits[c];
           if (v < min) min = v;
           if (v > max) max = v;
         }
       }
-      if (max <= threshold) continue;
-      let any = false;
-      if (min <= threshold) for (let r = r0; r <= r1; r++) if (!done[r]) resizeRow(r);
-      for (let y = y0; y < y1; y++) {
-        const out = y * width;
-        if (min > threshold) {
+      kinds[g] = max <= threshold ? 0 : min > threshold ? 1 : 2;
+      anyMixed ||= kinds[g] === 2;
+      anyAbove ||= kinds[g] !== 0;
+    }
+    if (!anyAbove) continue;
+    if (anyMixed) for (let r = r0; r <= r1; r++) if (!done[r]) resizeRow(r);
+    for (let y = y0; y < y1; y++) {
+      const out = y * width;
+      const t = y * 4;
+      const n = taps.count[y];
+      const a0 = taps.index[t] * width, a1 = taps.index[t + 1] * width;
+      const a2 = taps.index[t + 2] * width, a3 = taps.index[t + 3] * width;
+      const w0 = taps.weight[t], w1 = taps.weight[t + 1], w2 = taps.weight[t + 2], w3 = taps.weight[t + 3];
+      let lo = width;
+      let hi = 0;
+      for (let g = 0; g < groups.length; ) {
+        const kind = kinds[g];
+        const x0 = groups[g][0];
+        while (g < groups.length && kinds[g] === kind) g++;
+        const x1 = groups[g - 1][1];
+        if (kind === 1) {
           mask.fill(1, out + x0, out + x1);
-          any = true;
-          continue;
-        }
-        const first = y * 4;
-        const last = first + taps.count[y];
-        for (let x = x0; x < x1; x++) {
-          let v = 0;
-          for (let t = first; t < last; t++) v += taps.weight[t] * across[taps.index[t] * width + x];
-          if (v > threshold) {
-            mask[out + x] = 1;
-            any = true;
+          lo = Math.min(lo, x0);
+          hi = Math.max(hi, x1);
+        } else if (kind === 2) {
+          // the same sums, in the same order, as one loop over the taps would make
+          for (let x = x0; x < x1; x++) {
+            let v = w0 * across[a0 + x];
+            if (n > 1) v += w1 * across[a1 + x];
+            if (n > 2) v += w2 * across[a2 + x];
+            if (n > 3) v += w3 * across[a3 + x];
+            if (v > threshold) {
+              mask[out + x] = 1;
+              if (x < lo) lo = x;
+              if (x >= hi) hi = x + 1;
+            }
           }
         }
       }
-      if (any) {
-        bbox[0] = Math.min(bbox[0], x0);
-        bbox[1] = Math.min(bbox[1], y0);
-        bbox[2] = Math.max(bbox[2], x1);
-        bbox[3] = Math.max(bbox[3], y1);
+      if (lo < hi) {
+        bbox[0] = Math.min(bbox[0], lo);
+        bbox[1] = Math.min(bbox[1], y);
+        bbox[2] = Math.max(bbox[2], hi);
+        bbox[3] = y + 1;
       }
     }
   }
   return { mask, bbox };
+}
+
+/** The image-token rows (or columns) whose low-res logits an axis reads: 4 low-res pixels per token. */
+function tokensRead(axis, tokens) {
+  let last = 0;
+  for (let k = 0; k < axis.index.length; k++) if (axis.weight[k] !== 0) last = Math.max(last, axis.index[k]);
+  return Math.min(tokens, Math.floor(last / 4) + 1);
 }
 
 /** SamPredictor's choice: one click alone is ambiguous (best of the three multimask outputs), else token 0. */
@@ -180,7 +214,7 @@ export function usesMultimask(prompt) {
 
 export class PageDecoder {
   /** Load onnxruntime-web and the decoder graphs; throws (with a reason) when WebAssembly or a graph cannot load. */
-  static async load(graphs, headers, threads) {
+  static async load(graphs, headers, threads, low) {
     if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
     const ort = await import("./vendor/ort.wasm.min.mjs");
     ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
@@ -193,9 +227,21 @@ export class PageDecoder {
       return ort.InferenceSession.create(model, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     };
     // sequentially: onnxruntime-web initialises its WebAssembly module on the first session
-    const image = await session(graphs.image);
-    const prompt = await session(graphs.prompt);
-    return new PageDecoder(ort, { image, prompt }, threads);
+    const sessions = {};
+    for (const name of ["image", "refine", "prompt"]) sessions[name] = await session(graphs[name]);
+    const decoder = new PageDecoder(ort, sessions, threads);
+    await decoder.warmUp(low);
+    return decoder;
+  }
+
+  /** One run of each graph on zeros: a session's first run costs about twice a later one (its buffers are
+   * allocated), so it is paid while the server computes the first embedding, not on the first hover. */
+  async warmUp(low) {
+    const grid = low / 4;
+    const zeros = { data: new Float32Array(256 * grid * grid), shape: [1, 256, grid, grid] };
+    await this.setImage(zeros, [1024, 1024], [low, low], low);
+    await this.decode({ points: [[0, 0, 1]], box: null, maskInput: new Float32Array(low * low) });
+    this.side = null;
   }
 
   constructor(ort, sessions, threads) {
@@ -212,24 +258,24 @@ export class PageDecoder {
     this.low = low;
     this.rows = resizeAxis(low, inputSize[0], originalSize[0]);
     this.cols = resizeAxis(low, inputSize[1], originalSize[1]);
-    this.noMask = new this.ort.Tensor("float32", new Float32Array(low * low), [1, 1, low, low]);
-    this.side = await this.imageSide(null);
+    const grid = low / 4;
+    this.extent = [tokensRead(this.rows, grid), tokensRead(this.cols, grid)]; // what a hover computes
+    this.side = await this.sessions.image.run({ image_embeddings: this.embedding });
   }
 
-  /** The decoder's image side for this image, with a mask prompt (low-res logits) or without (null). */
-  imageSide(maskInput) {
+  /** The image side with a mask prompt (the previous low-res logits, the whole low x low grid). */
+  async maskedSide(maskInput) {
     const low = this.low;
-    return this.sessions.image.run({
-      image_embeddings: this.embedding,
-      mask_input: maskInput ? new this.ort.Tensor("float32", maskInput, [1, 1, low, low]) : this.noMask,
-      has_mask_input: new this.ort.Tensor("float32", Float32Array.of(maskInput ? 1 : 0), [1]),
-    });
+    const mask = new this.ort.Tensor("float32", maskInput, [1, 1, low, low]);
+    const out = await this.sessions.refine.run({ ...this.side, mask_input: mask });
+    return Object.fromEntries(Object.entries(out).map(([name, tensor]) => [name.replace(/^masked_/, ""), tensor]));
   }
 
   /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
-   * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's logits, for the next prompt)}.
-   * Without a mask prompt the image side prepared in setImage is reused; a mask prompt prepares its own. */
-  async decode(prompt, threshold = 0) {
+   * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's low x low logits, for the
+   * next prompt; null for a preview)}. ``preview`` (a hover): logits only where the photo reads them, not the
+   * whole grid a later mask prompt needs. Without a mask prompt the image side prepared in setImage is reused. */
+  async decode(prompt, threshold = 0, { preview = false } = {}) {
     const [h, w] = this.originalSize;
     const sy = this.inputSize[0] / h;
     const sx = this.inputSize[1] / w;
@@ -249,24 +295,23 @@ export class PageDecoder {
     }
     const n = labels.length;
     const low = this.low;
-    const points = {
+    const [rows, cols] = preview ? this.extent : [low / 4, low / 4];
+    const feeds = {
       point_coords: new this.ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
       point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
+      extent: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]),
+      multimask: new this.ort.Tensor("float32", Float32Array.of(usesMultimask(prompt) ? 1 : 0), [1]),
     };
     const t0 = performance.now();
-    const side = prompt.maskInput ? await this.imageSide(prompt.maskInput) : this.side;
-    const out = await this.sessions.prompt.run({ ...side, ...points });
+    const side = prompt.maskInput ? await this.maskedSide(prompt.maskInput) : this.side;
+    const out = await this.sessions.prompt.run({ ...side, ...feeds });
     const t1 = performance.now();
-    const scores = out.iou_predictions.data;
-    let best = 0;
-    if (usesMultimask(prompt)) {
-      best = 1;
-      for (let i = 2; i < 4; i++) if (scores[i] > scores[best]) best = i;
-    }
-    const plane = low * low;
-    const lowRes = out.low_res_masks.data.slice(best * plane, (best + 1) * plane);
-    const { mask, bbox } = upscaleMask(lowRes, low, this.rows, this.cols, h, w, threshold);
+    const best = Number(out.mask_token.data[0]); // the graph's choice (see usesMultimask)
+    const logits = out.low_res_masks.data;
+    const lowCols = out.low_res_masks.dims[3];
+    const { mask, bbox } = upscaleMask(logits, low, this.rows, this.cols, h, w, threshold, lowCols);
     const t2 = performance.now();
-    return { mask, bbox, score: scores[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
+    const lowRes = preview ? null : logits;
+    return { mask, bbox, score: out.iou_predictions.data[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
   }
 }
