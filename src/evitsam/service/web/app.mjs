@@ -85,10 +85,11 @@ async function openIndex(index) {
   clearError();
   const entry = state.folder.images[index];
   try {
+    const saved = getJson(`/v1/folder/images/${index}/objects`); // while the server computes the embedding
+    saved.catch(() => {}); // its error is shown when awaited below, not as an unhandled rejection
     const info = await busy(`Computing the embedding of ${entry.name}`, () => postJson(`/v1/folder/images/${index}/embed`, {}));
     await showImage({ ...info, name: entry.name, index }, `/v1/folder/images/${index}/file`);
-    const saved = await getJson(`/v1/folder/images/${index}/objects`);
-    state.objects = saved.objects.map((o) => objectOf(o, "saved"));
+    state.objects = (await saved).objects.map((o) => objectOf(o, "saved"));
     renderObjects();
   } catch (error) { showError(error); }
   renderFolder();
