@@ -70,7 +70,8 @@ export function resizeAxis(low, input, original) {
   return { index, weight };
 }
 
-/** Runs of consecutive outputs that read the same low-res inputs: [first, end, lowest input, highest input]. */
+/** Runs of consecutive outputs that read the same low-res inputs, 4 numbers each in one Int32Array:
+ * first, end, lowest input, highest input. */
 function readGroups(axis, size) {
   const groups = [];
   for (let o = 0; o < size; o++) {
@@ -86,7 +87,7 @@ function readGroups(axis, size) {
     if (last && last[2] === lo && last[3] === hi) last[1] = o + 1;
     else groups.push([o, o + 1, lo, hi]);
   }
-  return groups;
+  return Int32Array.from(groups.flat());
 }
 
 /** The taps of each output with a weight, in order: {count: per output, index, weight: 4 slots per output}. */
@@ -105,16 +106,31 @@ function nonzeroTaps(axis, size) {
   return { count, index, weight };
 }
 
+/** Each output's weights on the inputs lowest, lowest + 1, .. lowest + 3 of its read group (0 where none). */
+function groupWeights(axis, groups) {
+  const dense = new Float64Array((axis.index.length / 4) * 4);
+  for (let g = 0; g < groups.length; g += 4) {
+    for (let o = groups[g]; o < groups[g + 1]; o++) {
+      for (let k = 0; k < 4; k++) {
+        const w = axis.weight[o * 4 + k];
+        if (w !== 0) dense[o * 4 + axis.index[o * 4 + k] - groups[g + 2]] += w;
+      }
+    }
+  }
+  return dense;
+}
+
 /** Low-res logits (one mask, rows of ``stride`` values: the top-left part of the low x low grid that the resize
  * reads, or all of it) -> {mask: row-major Uint8Array at the original size (logits > threshold),
  * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
- * logits: blocks whose inputs all lie on one side of the threshold are filled (or skipped) without computing
- * them; for the others each low-res row is first resized along x once (``across``), then each output row is a
- * sum of at most 4 of those rows, computed over runs of adjacent mixed blocks (4 products a pixel, not 16). */
+ * logits. Outputs come in blocks that read the same low-res inputs (a row group by a column group): a block
+ * whose inputs all lie on one side of the threshold is filled (or skipped) without computing it. Otherwise each
+ * low-res row is first resized along x once (``across``), then, over runs of adjacent mixed blocks, each column
+ * of a row group is read once for all the group's output rows (a few products a pixel, not 16). */
 export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0, stride = low) {
   rows.groups ||= readGroups(rows, height);
   cols.groups ||= readGroups(cols, width);
-  rows.taps ||= nonzeroTaps(rows, height);
+  rows.dense ||= groupWeights(rows, rows.groups);
   cols.taps ||= nonzeroTaps(cols, width);
   if (!cols.across || cols.across.length !== low * width) cols.across = new Float64Array(low * width);
   const across = cols.across;
@@ -134,21 +150,40 @@ export function upscaleMask(logits, low, rows, cols, height, width, threshold = 
   const mask = new Uint8Array(height * width);
   const bbox = [width, height, 0, 0];
   const groups = cols.groups;
-  const kinds = new Uint8Array(groups.length); // per block of this row group: 0 all below, 1 all above, 2 mixed
-  const taps = rows.taps;
-  for (const [y0, y1, r0, r1] of rows.groups) {
+  const count = groups.length / 4;
+  const kinds = new Uint8Array(count); // per block of this row group: 0 all below, 1 all above, 2 mixed
+  // per low-res row and column group, the lowest and highest logit it reads: a block's are those of its rows
+  const rowMin = new Float32Array(low * count);
+  const rowMax = new Float32Array(low * count);
+  const extremesDone = new Uint8Array(low);
+  const rowExtremes = (r) => {
+    for (let g = 0; g < count; g++) {
+      const first = r * stride + groups[4 * g + 2];
+      let min = logits[first];
+      let max = min;
+      for (let c = first + 1, last = r * stride + groups[4 * g + 3]; c <= last; c++) {
+        const v = logits[c];
+        if (v < min) min = v;
+        if (v > max) max = v;
+      }
+      rowMin[r * count + g] = min;
+      rowMax[r * count + g] = max;
+    }
+    extremesDone[r] = 1;
+  };
+  const dense = rows.dense;
+  for (let k = 0; k < rows.groups.length; k += 4) {
+    const y0 = rows.groups[k], y1 = rows.groups[k + 1], r0 = rows.groups[k + 2], r1 = rows.groups[k + 3];
+    for (let r = r0; r <= r1; r++) if (!extremesDone[r]) rowExtremes(r);
     let anyMixed = false;
     let anyAbove = false;
-    for (let g = 0; g < groups.length; g++) {
-      const [, , c0, c1] = groups[g];
-      let min = Infinity;
-      let max = -Infinity;
-      for (let r = r0; r <= r1; r++) {
-        for (let c = r * stride + c0, last = r * stride + c1; c <= last; c++) {
-          const v = logits[c];
-          if (v < min) min = v;
-          if (v > max) max = v;
-        }
+    for (let g = 0; g < count; g++) {
+      let min = rowMin[r0 * count + g];
+      let max = rowMax[r0 * count + g];
+      for (let r = r0 + 1; r <= r1; r++) {
+        const lo = rowMin[r * count + g], hi = rowMax[r * count + g];
+        if (lo < min) min = lo;
+        if (hi > max) max = hi;
       }
       kinds[g] = max <= threshold ? 0 : min > threshold ? 1 : 2;
       anyMixed ||= kinds[g] === 2;
@@ -156,44 +191,36 @@ export function upscaleMask(logits, low, rows, cols, height, width, threshold = 
     }
     if (!anyAbove) continue;
     if (anyMixed) for (let r = r0; r <= r1; r++) if (!done[r]) resizeRow(r);
-    for (let y = y0; y < y1; y++) {
-      const out = y * width;
-      const t = y * 4;
-      const n = taps.count[y];
-      const a0 = taps.index[t] * width, a1 = taps.index[t + 1] * width;
-      const a2 = taps.index[t + 2] * width, a3 = taps.index[t + 3] * width;
-      const w0 = taps.weight[t], w1 = taps.weight[t + 1], w2 = taps.weight[t + 2], w3 = taps.weight[t + 3];
-      let lo = width;
-      let hi = 0;
-      for (let g = 0; g < groups.length; ) {
-        const kind = kinds[g];
-        const x0 = groups[g][0];
-        while (g < groups.length && kinds[g] === kind) g++;
-        const x1 = groups[g - 1][1];
+    // the group's low-res rows (up to 4; past the last, any row with weight 0)
+    const a0 = r0 * width, a1 = Math.min(r0 + 1, r1) * width;
+    const a2 = Math.min(r0 + 2, r1) * width, a3 = Math.min(r0 + 3, r1) * width;
+    for (let g = 0; g < count; ) {
+      const kind = kinds[g];
+      const x0 = groups[4 * g];
+      while (g < count && kinds[g] === kind) g++;
+      const x1 = groups[4 * g - 3];
+      if (kind === 0) continue;
+      let any = kind === 1;
+      for (let y = y0; y < y1; y++) {
+        const out = y * width;
         if (kind === 1) {
           mask.fill(1, out + x0, out + x1);
-          lo = Math.min(lo, x0);
-          hi = Math.max(hi, x1);
-        } else if (kind === 2) {
-          // the same sums, in the same order, as one loop over the taps would make
-          for (let x = x0; x < x1; x++) {
-            let v = w0 * across[a0 + x];
-            if (n > 1) v += w1 * across[a1 + x];
-            if (n > 2) v += w2 * across[a2 + x];
-            if (n > 3) v += w3 * across[a3 + x];
-            if (v > threshold) {
-              mask[out + x] = 1;
-              if (x < lo) lo = x;
-              if (x >= hi) hi = x + 1;
-            }
+          continue;
+        }
+        const w0 = dense[y * 4], w1 = dense[y * 4 + 1], w2 = dense[y * 4 + 2], w3 = dense[y * 4 + 3];
+        for (let x = x0; x < x1; x++) {
+          const v = w0 * across[a0 + x] + w1 * across[a1 + x] + w2 * across[a2 + x] + w3 * across[a3 + x];
+          if (v > threshold) {
+            mask[out + x] = 1;
+            any = true;
           }
         }
       }
-      if (lo < hi) {
-        bbox[0] = Math.min(bbox[0], lo);
-        bbox[1] = Math.min(bbox[1], y);
-        bbox[2] = Math.max(bbox[2], hi);
-        bbox[3] = y + 1;
+      if (any) {
+        bbox[0] = Math.min(bbox[0], x0);
+        bbox[1] = Math.min(bbox[1], y0);
+        bbox[2] = Math.max(bbox[2], x1);
+        bbox[3] = Math.max(bbox[3], y1);
       }
     }
   }
