@@ -101,10 +101,6 @@ def test_page_loads_without_the_token_the_api_needs(service):
     assert client.get("/v1/web/config", headers={"Authorization": "Bearer secret"}).status_code == 200
 
 
-def names_of(session: ort.InferenceSession) -> list[str]:
-    return [output.name for output in session.get_outputs()]
-
-
 def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, shared_data):
     """The page's graphs (the image side once per image, with a mask prompt, then each prompt) give the predictor's
     own low-res masks and scores."""
@@ -120,12 +116,12 @@ def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, sh
     points = np.array([[300.0, 400.0], [560.0, 230.0]])
     frame = predictor.transform.apply_coords(points, predictor.original_size)
     embedding = predictor.get_image_embedding().float().numpy()
-    names = names_of(sessions["image"])
+    names = [output.name for output in sessions["image"].get_outputs()]
     low = service.model.low_res_size
     grid = low // 4
     side = dict(zip(names, sessions["image"].run(None, {"image_embeddings": embedding})))
 
-    def run(side: dict, points: np.ndarray, labels: list[float], multimask: bool) -> tuple[np.ndarray, ...]:
+    def run(points: np.ndarray, labels: list[float], multimask: bool, mask: np.ndarray | None = None) -> list:
         feeds = {
             **side,
             "point_coords": np.concatenate([points, [[0, 0]]])[None].astype(np.float32),
@@ -133,18 +129,18 @@ def test_browser_graphs_compute_the_predictors_low_res_masks(client, service, sh
             "extent": np.array([grid, grid], np.int64),
             "multimask": np.array([float(multimask)], np.float32),
         }
-        return sessions["prompt"].run(None, feeds)
+        if mask is None:
+            return sessions["prompt"].run(None, feeds)
+        return sessions["refine"].run(None, {**feeds, "mask_input": mask})  # with a mask prompt
 
-    mask, iou, token = run(side, frame[:1], [1], multimask=True)  # one click: the best of tokens 1..3
+    mask, iou, token = run(frame[:1], [1], multimask=True)  # one click: the best of tokens 1..3
     _, scores, low_res = predictor.predict(points[:1], np.array([1]), multimask_output=True)
     np.testing.assert_allclose(iou[0, 1:], scores, atol=1e-4)
     assert token[0] == 1 + np.argmax(scores)
     np.testing.assert_allclose(mask[0, 0], low_res[np.argmax(scores)], atol=1e-3)
 
     best = low_res[np.argmax(scores)][None, None].astype(np.float32)
-    refined = sessions["refine"].run(None, {**side, "mask_input": best})  # the image side with a mask prompt
-    refined = {name.removeprefix("masked_"): value for name, value in zip(names_of(sessions["refine"]), refined)}
-    mask, iou, token = run(refined, frame, [1, 0], multimask=False)  # token 0: the single-mask output
+    mask, iou, token = run(frame, [1, 0], multimask=False, mask=best)  # token 0: the single-mask output
     _, scores, low_res = predictor.predict(points, np.array([1, 0]), mask_input=best[0], multimask_output=False)
     np.testing.assert_allclose(iou[0, :1], scores, atol=1e-4)
     assert token[0] == 0

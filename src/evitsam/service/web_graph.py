@@ -6,17 +6,18 @@ on the decoder's attention, not on a full-size bilinear resize it would redo on 
 
 - ``web3_image.onnx``: ``image_embeddings`` -> the decoder's prompt-independent tensors (the image tokens with
   the no-mask dense prompt added, the first layer's image projections); the page runs it once per image;
-- ``web3_refine.onnx``: those tensors + SAM's ``mask_input`` (a previous low-res mask) -> the same tensors with
-  that mask prompt, for a click that refines a mask. A mask prompt changes every image token by its dense
-  embedding, a 1x1 convolution of 16 mask features, minus the no-mask embedding; every image-side tensor is
-  affine per token, so the change is a rank-17 product (not the image side's full products again);
 - ``web3_prompt.onnx``: image-side tensors + ``point_coords``/``point_labels`` (SAM's convention) + ``extent`` +
   ``multimask`` -> the chosen low-res mask (``SamPredictor``'s choice: with ``multimask``, one click alone, the
   best of the three multimask outputs, else the single-mask output) and all four scores; what a hover costs.
   ``extent`` (int64 image-token rows, columns) computes the mask only over that top-left part of the grid: the
   part a non-square photo covers, which is all its scaled mask reads (a hover on a 3:2 photo skips a third of
   the up-scaling). The full grid gives SAM's whole low-res mask, which a refining click needs. The positional
-  encodings' projections are constants in it.
+  encodings' projections are constants in it;
+- ``web3_refine.onnx``: the prompt graph for a click that refines a mask: the image-side tensors without a mask
+  prompt + SAM's ``mask_input`` (the previous low-res mask) + the prompt graph's inputs -> its outputs. A mask
+  prompt changes every image token by its dense embedding, a 1x1 convolution of 16 mask features, minus the
+  no-mask embedding; every image-side tensor is affine per token, so the masked side is the unmasked one plus
+  a rank-17 product (``MaskedImageSide``), not the image side's full products again.
 
 Each graph is exported once per set of weights and cached beside the other engines' graphs.
 """
@@ -79,7 +80,7 @@ class WebImageGraph(nn.Module):
         return _image_tensors(_prepared(self.model, image_embeddings + no_mask, pe))
 
 
-class WebRefineGraph(nn.Module):
+class MaskedImageSide(nn.Module):
     """The image side without a mask prompt + SAM's ``mask_input`` -> the image side with that mask prompt.
 
     The mask's dense embedding is ``W g + b`` (the last 1x1 convolution of its 16 features g per token), so the
@@ -153,6 +154,20 @@ class WebPromptGraph(nn.Module):
         return fast_decoder.mask_logits(decoder, state, token), scores, token
 
 
+class WebRefineGraph(nn.Module):
+    """A click that refines a mask: the image side without a mask prompt + ``mask_input`` + the prompt graph's
+    inputs -> its outputs, in one graph (the masked image side never leaves WebAssembly)."""
+
+    def __init__(self, model: EfficientViTSam, layout: list[tuple[bool, bool]]) -> None:
+        super().__init__()
+        self.masked = MaskedImageSide(model)
+        self.prompt = WebPromptGraph(model, layout)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        *side, mask_input, point_coords, point_labels, extent, multimask = inputs
+        return self.prompt(*self.masked(*side, mask_input), point_coords, point_labels, extent, multimask)
+
+
 def image_output_names(model: EfficientViTSam) -> list[str]:
     count = 1 + sum(a + b for a, b in _layout(model))  # the image tokens, then the projections
     return [f"image_side_{i}" for i in range(count)]
@@ -173,20 +188,16 @@ def export_web_graphs(model: EfficientViTSam, folder: Path) -> dict[str, Path]:
     _export(WebImageGraph(model), (embedding,), paths["image"], ("image_embeddings",), names, {})
     with torch.no_grad():
         side = WebImageGraph(model).eval()(embedding)
-    refined = tuple(f"masked_{name}" for name in names)  # ONNX names each value once: the page maps them back
-    _export(WebRefineGraph(model), (*side, mask), paths["refine"], (*names, "mask_input"), refined, {})
     grid = model.config.embed_size
     extent = torch.tensor([grid - 1, grid - 2])  # not the full grid: the traced sizes must not fold to constants
-    multimask = torch.ones(1)
+    prompt = (coords, labels, extent, torch.ones(1))
+    prompt_names = ("point_coords", "point_labels", "extent", "multimask")
+    outputs = ("low_res_masks", "iou_predictions", "mask_token")
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    _export(
-        WebPromptGraph(model, layout),
-        (*side, coords, labels, extent, multimask),
-        paths["prompt"],
-        (*names, "point_coords", "point_labels", "extent", "multimask"),
-        ("low_res_masks", "iou_predictions", "mask_token"),
-        dynamic,
-    )
+    graph = WebPromptGraph(model, layout)
+    _export(graph, (*side, *prompt), paths["prompt"], (*names, *prompt_names), outputs, dynamic)
+    graph = WebRefineGraph(model, layout)
+    _export(graph, (*side, mask, *prompt), paths["refine"], (*names, "mask_input", *prompt_names), outputs, dynamic)
     return paths
 
 

@@ -290,18 +290,10 @@ export class PageDecoder {
     this.side = await this.sessions.image.run({ image_embeddings: this.embedding });
   }
 
-  /** The image side with a mask prompt (the previous low-res logits, the whole low x low grid). */
-  async maskedSide(maskInput) {
-    const low = this.low;
-    const mask = new this.ort.Tensor("float32", maskInput, [1, 1, low, low]);
-    const out = await this.sessions.refine.run({ ...this.side, mask_input: mask });
-    return Object.fromEntries(Object.entries(out).map(([name, tensor]) => [name.replace(/^masked_/, ""), tensor]));
-  }
-
   /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
    * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's low x low logits, for the
    * next prompt; null for a preview)}. ``preview`` (a hover): logits only where the photo reads them, not the
-   * whole grid a later mask prompt needs. Without a mask prompt the image side prepared in setImage is reused. */
+   * whole grid a later mask prompt needs. The image side prepared in setImage serves every prompt. */
   async decode(prompt, threshold = 0, { preview = false } = {}) {
     const [h, w] = this.originalSize;
     const sy = this.inputSize[0] / h;
@@ -329,9 +321,10 @@ export class PageDecoder {
       extent: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]),
       multimask: new this.ort.Tensor("float32", Float32Array.of(usesMultimask(prompt) ? 1 : 0), [1]),
     };
+    if (prompt.maskInput) feeds.mask_input = new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]);
     const t0 = performance.now();
-    const side = prompt.maskInput ? await this.maskedSide(prompt.maskInput) : this.side;
-    const out = await this.sessions.prompt.run({ ...side, ...feeds });
+    // a mask prompt (the previous low-res logits, the whole grid): the refine graph, which masks the image side
+    const out = await this.sessions[prompt.maskInput ? "refine" : "prompt"].run({ ...this.side, ...feeds });
     const t1 = performance.now();
     const best = Number(out.mask_token.data[0]); // the graph's choice (see usesMultimask)
     const logits = out.low_res_masks.data;
