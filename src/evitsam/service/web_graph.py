@@ -126,7 +126,7 @@ class WebPromptGraph(nn.Module):
         self.model = model
         self.layout = layout
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         *image, point_coords, point_labels, extent, multimask = inputs
         model = self.model
         decoder, prompts = model.mask_decoder, model.prompt_encoder
