@@ -267,7 +267,8 @@ export class PageDecoder {
     const grid = low / 4;
     const zeros = { data: new Float32Array(256 * grid * grid), shape: [1, 256, grid, grid] };
     await this.setImage(zeros, [1024, 1024], [low, low], low);
-    await this.decode({ points: [[0, 0, 1]], box: null, maskInput: new Float32Array(low * low) });
+    await this.decode({ points: [[0, 0, 1]], box: null, maskInput: null }, 0, { preview: true }); // prompt graph
+    await this.decode({ points: [[0, 0, 1]], box: null, maskInput: new Float32Array(low * low) }); // refine graph
     this.side = null;
   }
 
