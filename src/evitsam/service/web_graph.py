@@ -46,20 +46,17 @@ def _layout(model: EfficientViTSam) -> list[tuple[bool, bool]]:
     return [(p.keys is not None, p.values is not None) for p in side.projections]
 
 
+def _image_parts(side: ImageSide) -> list[tuple[torch.Tensor, bool]]:
+    """The image-dependent tensors of a prepared side, in the graphs' order, each with whether its token axis is
+    the last (projected keys (heads, d, N)) or the one before (image tokens (1, N, C), values (heads, N, d))."""
+    parts = [(side.keys, False)]
+    for projection in side.projections:
+        parts += [(t, last) for t, last in ((projection.keys, True), (projection.values, False)) if t is not None]
+    return parts
+
+
 def _image_tensors(side: ImageSide) -> tuple[torch.Tensor, ...]:
-    tensors = [side.keys]
-    for projection in side.projections:
-        tensors += [t for t in (projection.keys, projection.values) if t is not None]
-    return tuple(tensors)
-
-
-def _token_last(side: ImageSide) -> tuple[bool, ...]:
-    """Per tensor of ``_image_tensors``: whether its token axis is the last (projected keys (heads, d, N)) or
-    the one before (image tokens (1, N, C), values (heads, N, d))."""
-    layout = [False]
-    for projection in side.projections:
-        layout += [last for t, last in ((projection.keys, True), (projection.values, False)) if t is not None]
-    return tuple(layout)
+    return tuple(tensor for tensor, _ in _image_parts(side))
 
 
 def _prepared(model: EfficientViTSam, image: torch.Tensor, pe: tuple) -> ImageSide:
@@ -97,10 +94,10 @@ class MaskedImageSide(nn.Module):
         with torch.no_grad():
             directions = rows.T.reshape(1, -1, 1, rows.shape[0])  # the 17 rows as a (1, C, 1, 17) image
             no_pe = fast_attention.transformer_pe(model.mask_decoder.transformer, torch.zeros_like(directions))
-            moved = _prepared(model, directions, no_pe)
+            moved = _image_parts(_prepared(model, directions, no_pe))
             biases = _image_tensors(_prepared(model, torch.zeros_like(directions), no_pe))
-            self.token_last = _token_last(moved)
-            self.linear = [a - b for a, b in zip(_image_tensors(moved), biases)]  # each tensor's linear part
+            self.token_last = [last for _, last in moved]
+            self.linear = [a - b for (a, _), b in zip(moved, biases)]  # each tensor's linear part
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *side, mask_input = inputs
