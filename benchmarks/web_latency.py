@@ -4,8 +4,9 @@
 
 For each served model (``nano``: the bundled model; ``l0``: the L0 architecture with random weights) and each
 onnxruntime-web thread count, in the same page and the same onnxruntime-web (WASM, SIMD):
-- ``ours``: the page's decode of a hover/click (the decoder graphs, then the low-res logits scaled to the photo;
-  a hover decodes the part of the low-res grid the photo covers, a click all of it, for its next refinement);
+- ``ours``: the page's decode of a hover/click (the decoder graphs over the part of the low-res grid the photo
+  covers, then the logits scaled to the photo); after a click's mask, the rest graph completes its low-res grid
+  for the next refinement (``rest``, timed apart: the mask is shown before it runs);
 - ``sam``: SAM's own ViT-B decoder as SAM's ``scripts/export_onnx_model.py`` exports it
   (``SamOnnxModel(return_single_mask=True)``, random weights; masks at the photo's size, thresholded);
 - ``full``: the served model's decoder as SAM's full-size single-mask graph (``export_decoder``), for comparison;
@@ -52,7 +53,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
   const size = new ort.Tensor("float32", Float32Array.of(height, width), [2]);
   const points = Array.from({length: events},
     (_, i) => [(0.1 + 0.8 * ((i * 0.618) % 1)) * width, (0.1 + 0.8 * ((i * 0.382) % 1)) * height]);
-  const ours = [], samTimes = [], fullTimes = [], server = [], clicks = [], upscale = [];
+  const ours = [], samTimes = [], fullTimes = [], server = [], clicks = [], upscale = [], rest = [];
   let previous = null;
   for (let i = 0; i < events; i++) {
     const [x, y] = points[i];
@@ -64,8 +65,11 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     ours.push(performance.now() - t);
     clicks.push(Boolean(click));
     upscale.push(result.timing.upscale);
-    // the next click refines this point's mask: its whole low-res grid, as a click on it would give (not timed)
-    previous = {point: [x, y, 1], lowRes: click ? result.lowRes : (await decoder.decode(prompt, 0)).lowRes};
+    // the next click refines this point's mask: its whole low-res grid, as a click on it would give (not timed;
+    // a click's rest of the grid is computed after its mask is shown, timed apart)
+    const whole = click ? result : await decoder.decode(prompt, 0);
+    previous = {point: [x, y, 1], lowRes: await whole.lowRes};
+    if (click) rest.push(result.timing.rest);
     const coords = prompt.points.flatMap(([px, py]) => [px * scale, py * scale]).concat([0, 0]);
     const labels = prompt.points.map((p) => p[2]).concat([-1]);
     const n = labels.length;
@@ -98,7 +102,7 @@ MEASURE = """async ({events, samUrl, fullUrl}) => {
     await response.json();
     server.push(performance.now() - t);
   }
-  return {ours, sam: samTimes, full: fullTimes, server, clicks, upscale, threads: decoder.threads,
+  return {ours, sam: samTimes, full: fullTimes, server, clicks, upscale, rest, threads: decoder.threads,
     samOutput: [height, width]};
 }"""
 
@@ -249,7 +253,8 @@ def main() -> None:
                             f"SAM export {sam[0]:6.1f} / {sam[1]:6.1f}  ratio {ours[0] / sam[0]:.2f}x  "
                             f"hover p50 ours {split['ours', False]:.1f} SAM {split['sam', False]:.1f}  "
                             f"click p50 ours {split['ours', True]:.1f} SAM {split['sam', True]:.1f}  "
-                            f"(of ours, the mask's scaling to the photo {statistics.median(result['upscale']):.1f})  "
+                            f"(of ours, the mask's scaling to the photo {statistics.median(result['upscale']):.1f}; "
+                            f"after a click's mask, the rest of its grid {statistics.median(result['rest']):.1f})  "
                             f"ours full-size graph {full[0]:6.1f} / {full[1]:6.1f} ({full[0] / sam[0]:.2f}x)  "
                             f"server /v1/predict {server[0]:6.1f} / {server[1]:6.1f}  "
                             f"first mask {first['first']:.0f} ms = set_image {set_image:.0f} ms "

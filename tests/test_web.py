@@ -7,6 +7,7 @@ the service tests compare with ``SamPredictor``; folder mode's annotations must 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -284,13 +285,14 @@ def test_segment_everything_masks_are_picked_as_objects(server, browser):
 
 
 UPSCALE = """async ({logits, low, input, original, threshold}) => {
-  const {resizeAxis, upscaleMask} = await import("/web/decoder.mjs");
+  const {loadScaleKernel, resizeAxis, upscaleMask} = await import("/web/decoder.mjs");
+  await loadScaleKernel();
   const data = Float32Array.from(logits);
   const [h, w] = original;
   const rows = resizeAxis(low, input[0], h), cols = resizeAxis(low, input[1], w);
-  const fast = upscaleMask(data, low, rows, cols, h, w, threshold).mask;
-  // the plain path: every pixel from its 4 x 4 weighted low-res logits, in the same order of sums
-  const plain = new Uint8Array(h * w);
+  const {mask: fast, bbox} = upscaleMask(data, low, rows, cols, h, w, threshold);
+  // the plain path: every pixel from its 4 x 4 weighted low-res logits, in float64; its margin to the threshold
+  const plain = new Uint8Array(h * w), margin = new Float64Array(h * w);
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
     let v = 0;
     for (let i = 0; i < 4; i++) {
@@ -302,16 +304,24 @@ UPSCALE = """async ({logits, low, input, original, threshold}) => {
       v += wr * sum;
     }
     plain[y * w + x] = v > threshold ? 1 : 0;
+    margin[y * w + x] = Math.abs(v - threshold);
   }
-  return {fast: Array.from(fast), plain: Array.from(plain)};
+  // pixels that differ from the float64 sums, and the largest margin among them
+  let differ = 0, widest = 0;
+  for (let k = 0; k < h * w; k++) if (fast[k] !== plain[k]) { differ++; widest = Math.max(widest, margin[k]); }
+  let short = null;  // fewer logit rows than the resize reads: an error, not a mask read out of bounds
+  try { upscaleMask(data.subarray(0, 40 * low), low, rows, cols, h, w, threshold); } catch (e) { short = e.message; }
+  // no pixel above the threshold: an empty box (the kernel's padding columns past the photo do not count)
+  const none = upscaleMask(new Float32Array(data.length).fill(-10), low, rows, cols, h, w, -5).bbox;
+  return {fast: Array.from(fast), differ, widest, bbox, short, none};
 }"""
 
 
 @pytest.mark.parametrize("smooth", [False, True])
 def test_the_pages_mask_scaling_equals_the_plain_sum_and_the_models(server, browser, smooth):
-    """Noisy logits (every block mixed: the per-pixel path) and smooth ones (mostly whole blocks): the page's fast
-    scaling equals the plain weighted sum pixel for pixel, and the model's own post-processing but for a few
-    pixels at the threshold (float64 in the page, float32 in PyTorch)."""
+    """Noisy logits and smooth ones: the page's scaling (the WebAssembly kernel, float32) equals the plain weighted
+    sums in float64 but for pixels within float32 rounding of the threshold, and the model's own post-processing
+    but for a few pixels at the threshold; its box is the set pixels' box; too few logits are refused."""
     import torch
 
     import evitsam
@@ -330,25 +340,40 @@ def test_the_pages_mask_scaling_equals_the_plain_sum_and_the_models(server, brow
     args = {"logits": logits.ravel().tolist(), "low": low, "input": list(input_size), "original": list(original)}
     result = page.evaluate(UPSCALE, {**args, "threshold": threshold})
     fast = np.array(result["fast"], bool).reshape(original)
-    assert np.array_equal(fast, np.array(result["plain"], bool).reshape(original))
+    assert result["differ"] < 1e-4 * fast.size and result["widest"] < 1e-5 * np.abs(logits).max()
+    rows, columns = np.flatnonzero(fast.any(1)), np.flatnonzero(fast.any(0))
+    assert result["bbox"] == [columns[0], rows[0], columns[-1] + 1, rows[-1] + 1]
+    assert result["none"] == [original[1], original[0], 0, 0]
     reference = model.postprocess_masks(torch.from_numpy(logits)[None, None], input_size, original, threshold)
     reference = reference[0, 0].numpy().astype(bool)
     assert (fast != reference).mean() < 1e-3 and 0.05 < fast.mean() < 0.95
+    read = math.ceil(low * input_size[0] / 1024)  # the low-res rows the photo's part covers, and one more at most
+    assert result["short"] in [f"the resize reads {r} x {low} low-res logits, got 40 x {low}" for r in (read, read + 1)]
 
 
 PREVIEW = """async (points) => {
   const decoder = window.evitsam.state.decoder;
+  const grid = decoder.low / 4, extent = decoder.extent;
   const out = [];
   for (const [x, y] of points) {
     const prompt = {points: [[x, y, 1]], box: null, maskInput: null};
     const preview = await decoder.decode(prompt, 0, {preview: true});
+    const click = await decoder.decode(prompt, 0);
+    const assembled = await click.lowRes;  // the click's part of the grid, then the rest graph's tokens
+    decoder.extent = [grid, grid];  // the whole grid in one run of the prompt graph, as the reference
     const full = await decoder.decode(prompt, 0);
-    let differ = 0, set = 0;
-    for (let k = 0; k < full.mask.length; k++) { differ += preview.mask[k] !== full.mask[k]; set += full.mask[k]; }
-    const scores = [preview.score, full.score];
-    out.push({differ, set, lowRes: preview.lowRes, fullLength: full.lowRes.length, scores});
+    const whole = await full.lowRes;
+    decoder.extent = extent;
+    let differ = 0, set = 0, furthest = 0;
+    for (let k = 0; k < full.mask.length; k++) {
+      differ += (preview.mask[k] !== full.mask[k]) + (click.mask[k] !== full.mask[k]);
+      set += full.mask[k];
+    }
+    for (let k = 0; k < whole.length; k++) furthest = Math.max(furthest, Math.abs(assembled[k] - whole[k]));
+    const scores = [preview.score, click.score, full.score];
+    out.push({differ, set, furthest, lowRes: preview.lowRes, wholeLength: assembled.length, scores});
   }
-  return {out, extent: decoder.extent, grid: decoder.low / 4};
+  return {out, extent, grid};
 }"""
 
 
@@ -365,8 +390,9 @@ ROTATED = """async () => {  // the dog photo turned to portrait, opened as a fil
 
 
 def test_a_hover_preview_decodes_only_the_photos_part_and_equals_the_whole(server, browser):
-    """Landscape and portrait photos: a hover decodes only the grid rows (or columns) the photo covers; its mask
-    equals the whole grid's pixel for pixel, at the photo's far edges too, and it hands no low-res mask on."""
+    """Landscape and portrait photos: a hover or a click decodes only the grid rows (or columns) the photo covers;
+    its mask equals the whole grid's pixel for pixel, at the photo's far edges too; a hover hands no low-res mask
+    on, a click the whole grid's (its part, then the rest graph's tokens), equal to one run over the whole grid."""
     page = open_page(browser, f"{server.base}/?index=1")  # truck.jpg, 3:2
     for photo in ("landscape", "portrait"):
         if photo == "portrait":
@@ -382,7 +408,7 @@ def test_a_hover_preview_decodes_only_the_photos_part_and_equals_the_whole(serve
         assert (rows < grid, columns < grid) == ((True, False) if photo == "landscape" else (False, True))
         assert 0.6 < min(rows, columns) / grid < 0.75  # 2:3 of the grid, and a token more at most
         for point in result["out"]:
-            assert point["differ"] == 0 and point["lowRes"] is None and point["fullLength"] == (4 * grid) ** 2
-            assert point["scores"][0] == point["scores"][1]
+            assert point["differ"] == 0 and point["lowRes"] is None and point["wholeLength"] == (4 * grid) ** 2
+            assert point["furthest"] < 1e-4 and len(set(point["scores"])) == 1
         assert sum(point["set"] > 0 for point in result["out"]) >= 3
     assert page.errors == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -44,11 +45,12 @@ def _export(
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
     dynamic_axes: dict[str, dict[int, str]],
-    for_tools: bool = False,
+    rewrite: Callable[[onnx.GraphProto], None] | None = None,
 ) -> Path:
     """Trace ``module`` in eval mode to ``path`` (atomically); the wrapped model's train/eval flags are kept.
 
-    ``for_tools``: also rewrite the graph for tools' own post-processing (``gemm_with_shared_inputs_as_matmul``).
+    ``rewrite``: then changes the graph in place before it is written, e.g. for tools' own post-processing
+    (``gemm_with_shared_inputs_as_matmul``).
     """
 
     def write(tmp: str) -> None:
@@ -63,9 +65,9 @@ def _export(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-        if for_tools:
+        if rewrite is not None:
             graph = onnx.load(tmp)
-            gemm_with_shared_inputs_as_matmul(graph.graph)
+            rewrite(graph.graph)
             onnx.save(graph, tmp)
 
     modes = {sub: sub.training for sub in module.modules()}
@@ -171,7 +173,9 @@ def export_decoder(model: EfficientViTSam, path: str | os.PathLike, single_mask:
         "masks": {2: "height", 3: "width"},
     }
     graph = SamDecoderGraph(model, single_mask)
-    return _export(graph, args, path, DECODER_INPUTS, DECODER_OUTPUTS, dynamic, for_tools=True)
+    return _export(
+        graph, args, path, DECODER_INPUTS, DECODER_OUTPUTS, dynamic, rewrite=gemm_with_shared_inputs_as_matmul
+    )
 
 
 def export_boxes_decoder(model: EfficientViTSam, path: str | os.PathLike, single_mask: bool = True) -> Path:
@@ -183,7 +187,7 @@ def export_boxes_decoder(model: EfficientViTSam, path: str | os.PathLike, single
     dynamic["masks"].update({2: "height", 3: "width"})
     inputs = ("image_embeddings", "boxes", "orig_im_size")
     graph = BoxesDecoderGraph(model, single_mask)
-    return _export(graph, args, path, inputs, DECODER_OUTPUTS, dynamic, for_tools=True)
+    return _export(graph, args, path, inputs, DECODER_OUTPUTS, dynamic, rewrite=gemm_with_shared_inputs_as_matmul)
 
 
 def export_prompt_decoder(model: EfficientViTSam, path: str | os.PathLike) -> Path:

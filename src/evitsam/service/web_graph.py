@@ -2,23 +2,26 @@
 
 The page scales the low-res logits to the photo itself (two bilinear resizes composed per axis, as
 ``EfficientViTSam.postprocess_masks`` does), so no graph computes full-size logits: WebAssembly spends its time
-on the decoder's attention, not on a full-size bilinear resize it would redo on every hover. Three graphs:
+on the decoder's attention, not on a full-size bilinear resize it would redo on every hover. Four graphs:
 
-- ``web3_image.onnx``: ``image_embeddings`` -> the decoder's prompt-independent tensors (the image tokens with
-  the no-mask dense prompt added, the first layer's image projections); the page runs it once per image;
-- ``web3_prompt.onnx``: image-side tensors + ``point_coords``/``point_labels`` (SAM's convention) + ``extent`` +
+- ``image``: ``image_embeddings`` -> the decoder's prompt-independent tensors (the image tokens with the no-mask
+  dense prompt added, the first layer's image projections); the page runs it once per image;
+- ``prompt``: image-side tensors + ``point_coords``/``point_labels`` (SAM's convention) + ``extent`` +
   ``multimask`` -> the chosen low-res mask (``SamPredictor``'s choice: with ``multimask``, one click alone, the
-  best of the three multimask outputs, else the single-mask output) and all four scores; what a hover costs.
-  ``extent`` (int64 image-token rows, columns) computes the mask only over that top-left part of the grid: the
-  part a non-square photo covers, which is all its scaled mask reads (a hover on a 3:2 photo skips a third of
-  the up-scaling). The full grid gives SAM's whole low-res mask, which a refining click needs. The positional
-  encodings' projections are constants in it;
-- ``web3_refine.onnx``: the prompt graph for a click that refines a mask: the image-side tensors without a mask
-  prompt + SAM's ``mask_input`` (the previous low-res mask) + the prompt graph's inputs -> its outputs. A mask
-  prompt changes every image token by its dense embedding, a 1x1 convolution of 16 mask features, minus the
-  no-mask embedding; every image-side tensor is affine per token, so the masked side is the unmasked one plus
-  a rank-17 product (``MaskedImageSide``), not the image side's full products again.
+  best of the three multimask outputs, else the single-mask output) and all four scores; what a hover or a click
+  costs. ``extent`` (int64 image-token rows, columns) computes the mask only over that top-left part of the grid:
+  the part a non-square photo covers, which is all its scaled mask reads (a 3:2 photo skips a third of the
+  up-scaling). The positional encodings' projections are constants in it;
+- ``refine``: the prompt graph for a click that refines a mask: the image-side tensors without a mask prompt +
+  SAM's ``mask_input`` (the previous low-res mask, the whole grid) + the prompt graph's inputs -> its outputs.
+  A mask prompt changes every image token by its dense embedding, a 1x1 convolution of 16 mask features, minus
+  the no-mask embedding; every image-side tensor is affine per token, so the masked side is the unmasked one
+  plus a rank-17 product (``MaskedImageSide``), not the image side's full products again;
+- ``rest``: after a click's mask is shown, the low-res logits of the tokens outside its extent, from the prompt
+  graph's final tokens: with the visible part, SAM's whole low-res mask, which the next click feeds back.
 
+``spell_out_layer_norms`` rewrites the prompt-side graphs for onnxruntime-web's kernels. The file names carry
+``WEB_GRAPHS_VERSION``.
 Each graph is exported once per set of weights and cached beside the other engines' graphs.
 """
 
@@ -27,7 +30,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from ..export.onnx_export import _cpu_model, _embedding_example, _export, _prompt_example
@@ -35,8 +41,8 @@ from ..models import EfficientViTSam, fast_attention, fast_decoder
 from ..models.fast_attention import ImageProjection, ImageSide
 from ..runtime.onnx_engines import engine_dir
 
-WEB_GRAPHS_VERSION = 3  # part of the file names: a changed graph is exported again, not read from the cache
-WEB_GRAPHS = ("image", "refine", "prompt")
+WEB_GRAPHS_VERSION = 4  # part of the file names: a changed graph is exported again, not read from the cache
+WEB_GRAPHS = ("image", "refine", "prompt", "rest")
 _lock = threading.Lock()
 
 
@@ -112,8 +118,9 @@ class MaskedImageSide(nn.Module):
 class WebPromptGraph(nn.Module):
     """Prepared image side + SAM prompts (no mask prompt) + ``extent`` + ``multimask`` -> the chosen mask's low-res
     logits (1, 1, 4 rows, 4 columns) over the top-left ``extent`` (image-token rows, columns) of the grid, the IoU
-    predictions of all four tokens (1, 4) and the chosen token (1,): with ``multimask`` 1 the best of tokens
-    1..3 by predicted IoU (a single click), else token 0 (``SamPredictor``'s choice).
+    predictions of all four tokens (1, 4), the chosen token (1,): with ``multimask`` 1 the best of tokens
+    1..3 by predicted IoU (a single click), else token 0 (``SamPredictor``'s choice); and what the rest graph
+    needs for the other tokens' logits: the decoder's output tokens (1, T, C) and final image tokens (1, N, C).
 
     The positional encodings' projections depend only on the weights: computed in the graph from constants (folded
     at export), so they are not shipped per image."""
@@ -123,7 +130,7 @@ class WebPromptGraph(nn.Module):
         self.model = model
         self.layout = layout
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *image, point_coords, point_labels, extent, multimask = inputs
         model = self.model
         decoder, prompts = model.mask_decoder, model.prompt_encoder
@@ -142,13 +149,32 @@ class WebPromptGraph(nn.Module):
         shape_only = torch.zeros(1, 1, grid, grid)  # attend reads the grid's size from it, not its values
         state = model.fast_decoder()._attend(shape_only, sparse, dense, side)  # traced: no inference mode
         # the extent's tokens; traced with a tensor extent, so the sizes below stay dynamic in the graph
-        tokens = state.image_tokens.view(1, grid, grid, -1)
+        image_tokens = state.image_tokens
+        tokens = image_tokens.view(1, grid, grid, -1)
         tokens = tokens.index_select(1, torch.arange(extent[0])).index_select(2, torch.arange(extent[1]))
         state = state._replace(image_tokens=tokens.flatten(1, 2), size=(tokens.shape[1], tokens.shape[2]))
         scores = fast_decoder.predict_iou(decoder, state)
         # SamPredictor's choice, in the graph so that only the chosen mask is computed and handed over
         token = torch.where(multimask > 0, 1 + scores[0, 1:].argmax(), 0).reshape(1)
-        return fast_decoder.mask_logits(decoder, state, token), scores, token
+        return fast_decoder.mask_logits(decoder, state, token), scores, token, state.tokens, image_tokens
+
+
+class WebRestGraph(nn.Module):
+    """The prompt graph's ``tokens``, ``image_tokens`` and ``mask_token`` + ``token_indices`` (M,) -> the chosen
+    mask's low-res logits of those image tokens (1, 1, 4, 4M): token m's 4x4 block in columns 4m..4m+3.
+
+    Each 4x4 block of low-res logits depends on its own image token alone (the up-scaling is per pixel), so the
+    tokens a click's visible mask did not need (the padding beside a non-square photo) are computed here, after
+    the mask is shown, for the whole low-res mask the next click feeds back."""
+
+    def __init__(self, model: EfficientViTSam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image_tokens, tokens, mask_token, token_indices) -> torch.Tensor:
+        rest = image_tokens.index_select(1, token_indices)
+        state = fast_decoder.DecoderState(tokens, rest, (1, rest.shape[1]))
+        return fast_decoder.mask_logits(self.model.mask_decoder, state, mask_token)
 
 
 class WebRefineGraph(nn.Module):
@@ -160,9 +186,48 @@ class WebRefineGraph(nn.Module):
         self.masked = MaskedImageSide(model)
         self.prompt = WebPromptGraph(model, layout)
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *side, mask_input, point_coords, point_labels, extent, multimask = inputs
         return self.prompt(*self.masked(*side, mask_input), point_coords, point_labels, extent, multimask)
+
+
+def spell_out_layer_norms(graph: onnx.GraphProto) -> None:
+    """Rewrite, in place, every ``LayerNormalization`` over the last axis as the reductions and products it stands
+    for (mean, centre, mean square, reciprocal square root, scale, shift): the same numbers (two-pass statistics,
+    float32), but onnxruntime-web's WebAssembly LayerNormalization kernel takes about 2.5 times as long as those
+    simpler ones (a norm over L0's 4096 image tokens: ~6.5 against ~2.5 ms at one thread; the decoder has three
+    norms of about that size). ``Mul``, not ``Pow``, squares: ONNX Runtime's optimizer folds the ``Pow`` pattern
+    back into the slow kernel."""
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        statistics_used = any(node.output[1:])  # the optional Mean / InvStdDev outputs
+        if node.op_type != "LayerNormalization" or attrs.get("axis", -1) != -1 or statistics_used:
+            nodes.append(node)
+            continue
+        x, scale, *shift = node.input
+        name = node.name or node.output[0]
+        keys = "mean centred square variance shifted std rstd normed scaled epsilon".split()
+        t = {key: f"{name}_{key}" for key in keys}
+        epsilon = np.array(attrs.get("epsilon", 1e-5), dtype=np.float32)
+        graph.initializer.append(numpy_helper.from_array(epsilon, t["epsilon"]))
+        scaled = t["scaled"] if shift and shift[0] else node.output[0]
+        make = helper.make_node
+        nodes += [
+            make("ReduceMean", [x], [t["mean"]], name=t["mean"], axes=[-1], keepdims=1),
+            make("Sub", [x, t["mean"]], [t["centred"]], name=t["centred"]),
+            make("Mul", [t["centred"], t["centred"]], [t["square"]], name=t["square"]),
+            make("ReduceMean", [t["square"]], [t["variance"]], name=t["variance"], axes=[-1], keepdims=1),
+            make("Add", [t["variance"], t["epsilon"]], [t["shifted"]], name=t["shifted"]),
+            make("Sqrt", [t["shifted"]], [t["std"]], name=t["std"]),
+            make("Reciprocal", [t["std"]], [t["rstd"]], name=t["rstd"]),
+            make("Mul", [t["centred"], t["rstd"]], [t["normed"]], name=t["normed"]),
+            make("Mul", [t["normed"], scale], [scaled], name=scaled),
+        ]
+        if scaled != node.output[0]:
+            nodes.append(make("Add", [scaled, shift[0]], [node.output[0]], name=f"{name}_shift"))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def image_output_names(model: EfficientViTSam) -> list[str]:
@@ -189,12 +254,20 @@ def export_web_graphs(model: EfficientViTSam, folder: Path) -> dict[str, Path]:
     extent = torch.tensor([grid - 1, grid - 2])  # not the full grid: the traced sizes must not fold to constants
     prompt = (coords, labels, extent, torch.ones(1))
     prompt_names = ("point_coords", "point_labels", "extent", "multimask")
-    outputs = ("low_res_masks", "iou_predictions", "mask_token")
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    outputs = ("low_res_masks", "iou_predictions", "mask_token", "tokens", "image_tokens")
+    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "tokens": {1: "num_tokens"}}
     graph = WebPromptGraph(model, layout)
-    _export(graph, (*side, *prompt), paths["prompt"], (*names, *prompt_names), outputs, dynamic)
+    rewrite = spell_out_layer_norms
+    _export(graph, (*side, *prompt), paths["prompt"], (*names, *prompt_names), outputs, dynamic, rewrite)
     graph = WebRefineGraph(model, layout)
-    _export(graph, (*side, mask, *prompt), paths["refine"], (*names, "mask_input", *prompt_names), outputs, dynamic)
+    inputs = (*names, "mask_input", *prompt_names)
+    _export(graph, (*side, mask, *prompt), paths["refine"], inputs, outputs, dynamic, rewrite)
+    with torch.no_grad():
+        _, _, token, tokens, image_tokens = WebPromptGraph(model, layout).eval()(*side, *prompt)
+    rest = (image_tokens, tokens, token, torch.arange(grid * (grid - 2), grid * grid))
+    inputs = ("image_tokens", "tokens", "mask_token", "token_indices")
+    dynamic = {"tokens": {1: "num_tokens"}, "token_indices": {0: "num_rest"}}
+    _export(WebRestGraph(model), rest, paths["rest"], inputs, ("rest_masks",), dynamic, rewrite)
     return paths
 
 

@@ -70,160 +70,109 @@ export function resizeAxis(low, input, original) {
   return { index, weight };
 }
 
-/** Runs of consecutive outputs that read the same low-res inputs, 4 numbers each in one Int32Array:
- * first, end, lowest input, highest input. */
-function readGroups(axis, size) {
-  const groups = [];
-  for (let o = 0; o < size; o++) {
-    let lo = Infinity;
-    let hi = -1;
-    for (let k = 0; k < 4; k++) {
-      if (axis.weight[o * 4 + k] !== 0) {
-        lo = Math.min(lo, axis.index[o * 4 + k]);
-        hi = Math.max(hi, axis.index[o * 4 + k]);
-      }
+/** Each output's taps with a weight, ``taps`` per output (``taps``, or the most any output has; the rest weight 0
+ * on its first input): {taps, index: Int32Array, weight: Float32Array, read: inputs read (highest index + 1)}. */
+function paddedTaps(axis, size, taps = 0) {
+  if (!taps) {
+    for (let o = 0; o < size; o++) {
+      let n = 0;
+      for (let k = 0; k < 4; k++) n += axis.weight[o * 4 + k] !== 0 ? 1 : 0;
+      taps = Math.max(taps, n);
     }
-    const last = groups[groups.length - 1];
-    if (last && last[2] === lo && last[3] === hi) last[1] = o + 1;
-    else groups.push([o, o + 1, lo, hi]);
   }
-  return Int32Array.from(groups.flat());
-}
-
-/** The taps of each output with a weight, in order: {count: per output, index, weight: 4 slots per output}. */
-function nonzeroTaps(axis, size) {
-  const count = new Uint8Array(size);
-  const index = new Int32Array(size * 4);
-  const weight = new Float64Array(size * 4);
+  const index = new Int32Array(size * taps);
+  const weight = new Float32Array(size * taps);
+  let read = 0;
   for (let o = 0; o < size; o++) {
+    let n = 0;
     for (let k = 0; k < 4; k++) {
       const w = axis.weight[o * 4 + k];
       if (w === 0) continue;
-      index[o * 4 + count[o]] = axis.index[o * 4 + k];
-      weight[o * 4 + count[o]++] = w;
+      index[o * taps + n] = axis.index[o * 4 + k];
+      weight[o * taps + n++] = w;
+      read = Math.max(read, axis.index[o * 4 + k] + 1);
     }
+    for (let j = n; j < taps; j++) index[o * taps + j] = index[o * taps];
   }
-  return { count, index, weight };
+  return { taps, index, weight, read };
 }
 
-/** Each output's weights on the inputs lowest, lowest + 1, .. lowest + 3 of its read group (0 where none). */
-function groupWeights(axis, groups) {
-  const dense = new Float64Array((axis.index.length / 4) * 4);
-  for (let g = 0; g < groups.length; g += 4) {
-    for (let o = groups[g]; o < groups[g + 1]; o++) {
-      for (let k = 0; k < 4; k++) {
-        const w = axis.weight[o * 4 + k];
-        if (w !== 0) dense[o * 4 + axis.index[o * 4 + k] - groups[g + 2]] += w;
-      }
-    }
+// The scaling kernel (scale.wat, WebAssembly SIMD): loaded by loadScaleKernel, before the first upscaleMask.
+let kernel = null;
+
+/** Load the scaling kernel (once; PageDecoder.load does). */
+export async function loadScaleKernel() {
+  if (!kernel) {
+    const response = await fetch(new URL("./scale.wasm", import.meta.url));
+    if (!response.ok) throw new Error(`the mask scaling did not load (HTTP ${response.status})`);
+    kernel = (await WebAssembly.instantiate(await response.arrayBuffer())).instance.exports;
   }
-  return dense;
+  return kernel;
+}
+
+/** Byte offsets of consecutive 16-byte aligned regions of these sizes, and their end. */
+function regions(sizes) {
+  const offsets = {};
+  let end = 0;
+  for (const [name, bytes] of Object.entries(sizes)) {
+    offsets[name] = end;
+    end += Math.ceil(bytes / 16) * 16;
+  }
+  return { offsets, end };
 }
 
 /** Low-res logits (one mask, rows of ``stride`` values: the top-left part of the low x low grid that the resize
  * reads, or all of it) -> {mask: row-major Uint8Array at the original size (logits > threshold),
  * bbox: [x0, y0, x1, y1) of the pixels set}. Each output is a convex combination of at most 4x4 low-res
- * logits. Outputs come in blocks that read the same low-res inputs (a row group by a column group): a block
- * whose inputs all lie on one side of the threshold is filled (or skipped) without computing it. Otherwise each
- * low-res row is first resized along x once (``across``), then, over runs of adjacent mixed blocks, each column
- * of a row group is read once for all the group's output rows (a few products a pixel, not 16). */
+ * logits, separable: the WebAssembly kernel resizes each low-res row along x once, then makes each output row
+ * from at most four of those rows and compares it with the threshold, 16 pixels at a time (float32 SIMD: the
+ * same mask as the exact sums but for pixels within float32 rounding of the threshold). */
 export function upscaleMask(logits, low, rows, cols, height, width, threshold = 0, stride = low) {
-  rows.groups ||= readGroups(rows, height);
-  cols.groups ||= readGroups(cols, width);
-  rows.dense ||= groupWeights(rows, rows.groups);
-  cols.taps ||= nonzeroTaps(cols, width);
-  if (!cols.across || cols.across.length !== low * width) cols.across = new Float64Array(low * width);
-  const across = cols.across;
-  const done = new Uint8Array(low); // low-res rows already resized along x in this call
-  const resizeRow = (r) => {
-    const { count, index, weight } = cols.taps;
-    const src = r * stride;
-    const out = r * width;
-    for (let x = 0; x < width; x++) {
-      const cx = x * 4;
-      let sum = 0;
-      for (let j = 0; j < count[x]; j++) sum += weight[cx + j] * logits[src + index[cx + j]];
-      across[out + x] = sum;
-    }
-    done[r] = 1;
-  };
-  const mask = new Uint8Array(height * width);
-  const bbox = [width, height, 0, 0];
-  const groups = cols.groups;
-  const count = groups.length / 4;
-  const kinds = new Uint8Array(count); // per block of this row group: 0 all below, 1 all above, 2 mixed
-  // per low-res row and column group, the lowest and highest logit it reads: a block's are those of its rows
-  const rowMin = new Float32Array(low * count);
-  const rowMax = new Float32Array(low * count);
-  const extremesDone = new Uint8Array(low);
-  const rowExtremes = (r) => {
-    for (let g = 0; g < count; g++) {
-      const first = r * stride + groups[4 * g + 2];
-      let min = logits[first];
-      let max = min;
-      for (let c = first + 1, last = r * stride + groups[4 * g + 3]; c <= last; c++) {
-        const v = logits[c];
-        if (v < min) min = v;
-        if (v > max) max = v;
-      }
-      rowMin[r * count + g] = min;
-      rowMax[r * count + g] = max;
-    }
-    extremesDone[r] = 1;
-  };
-  const dense = rows.dense;
-  for (let k = 0; k < rows.groups.length; k += 4) {
-    const y0 = rows.groups[k], y1 = rows.groups[k + 1], r0 = rows.groups[k + 2], r1 = rows.groups[k + 3];
-    for (let r = r0; r <= r1; r++) if (!extremesDone[r]) rowExtremes(r);
-    let anyMixed = false;
-    let anyAbove = false;
-    for (let g = 0; g < count; g++) {
-      let min = rowMin[r0 * count + g];
-      let max = rowMax[r0 * count + g];
-      for (let r = r0 + 1; r <= r1; r++) {
-        const lo = rowMin[r * count + g], hi = rowMax[r * count + g];
-        if (lo < min) min = lo;
-        if (hi > max) max = hi;
-      }
-      kinds[g] = max <= threshold ? 0 : min > threshold ? 1 : 2;
-      anyMixed ||= kinds[g] === 2;
-      anyAbove ||= kinds[g] !== 0;
-    }
-    if (!anyAbove) continue;
-    if (anyMixed) for (let r = r0; r <= r1; r++) if (!done[r]) resizeRow(r);
-    // the group's low-res rows (up to 4; past the last, any row with weight 0)
-    const a0 = r0 * width, a1 = Math.min(r0 + 1, r1) * width;
-    const a2 = Math.min(r0 + 2, r1) * width, a3 = Math.min(r0 + 3, r1) * width;
-    for (let g = 0; g < count; ) {
-      const kind = kinds[g];
-      const x0 = groups[4 * g];
-      while (g < count && kinds[g] === kind) g++;
-      const x1 = groups[4 * g - 3];
-      if (kind === 0) continue;
-      let any = kind === 1;
-      for (let y = y0; y < y1; y++) {
-        const out = y * width;
-        if (kind === 1) {
-          mask.fill(1, out + x0, out + x1);
-          continue;
-        }
-        const w0 = dense[y * 4], w1 = dense[y * 4 + 1], w2 = dense[y * 4 + 2], w3 = dense[y * 4 + 3];
-        for (let x = x0; x < x1; x++) {
-          const v = w0 * across[a0 + x] + w1 * across[a1 + x] + w2 * across[a2 + x] + w3 * across[a3 + x];
-          if (v > threshold) {
-            mask[out + x] = 1;
-            any = true;
-          }
-        }
-      }
-      if (any) {
-        bbox[0] = Math.min(bbox[0], x0);
-        bbox[1] = Math.min(bbox[1], y0);
-        bbox[2] = Math.max(bbox[2], x1);
-        bbox[3] = Math.max(bbox[3], y1);
-      }
-    }
+  if (!kernel) throw new Error("the mask scaling kernel is not loaded (loadScaleKernel)");
+  rows.taps ||= paddedTaps(rows, height, 4);
+  cols.taps ||= paddedTaps(cols, width);
+  const rowsRead = rows.taps.read;
+  const colsRead = cols.taps.read;
+  if (colsRead > stride || rowsRead * stride > logits.length) {
+    throw new Error(`the resize reads ${rowsRead} x ${colsRead} low-res logits, got ${logits.length / stride} x ${stride}`);
   }
+  const taps = cols.taps.taps;
+  const pitch = Math.ceil(width / 16) * 16; // the kernel's rows: whole 16-pixel groups
+  const { offsets, end } = regions({
+    logits: rowsRead * stride * 4,
+    across: rowsRead * pitch * 4,
+    rowIndex: height * 16,
+    rowWeight: height * 16,
+    colIndex: width * taps * 4,
+    colWeight: width * taps * 4,
+    mask: height * pitch,
+    rowAny: height,
+    colAny: pitch,
+    columns: pitch,
+  });
+  const memory = kernel.memory;
+  if (end > memory.buffer.byteLength) memory.grow(Math.ceil((end - memory.buffer.byteLength) / 65536));
+  const buffer = memory.buffer;
+  new Float32Array(buffer, offsets.logits, rowsRead * stride).set(logits.subarray(0, rowsRead * stride));
+  new Int32Array(buffer, offsets.rowIndex, height * 4).set(rows.taps.index);
+  new Float32Array(buffer, offsets.rowWeight, height * 4).set(rows.taps.weight);
+  new Int32Array(buffer, offsets.colIndex, width * taps).set(cols.taps.index);
+  new Float32Array(buffer, offsets.colWeight, width * taps).set(cols.taps.weight);
+  new Uint8Array(buffer, offsets.colAny, pitch).fill(0);
+  new Uint8Array(buffer, offsets.columns, pitch).fill(1).fill(0, width); // the photo's columns, not the padding
+  kernel.resize_rows(offsets.logits, rowsRead, stride, offsets.colIndex, offsets.colWeight, taps, width, pitch,
+    offsets.across);
+  kernel.threshold_rows(offsets.across, pitch, offsets.rowIndex, offsets.rowWeight, height, threshold, offsets.mask,
+    offsets.rowAny, offsets.colAny, offsets.columns);
+  const bytes = new Uint8Array(buffer, offsets.mask, height * pitch);
+  const mask = new Uint8Array(height * width);
+  if (pitch === width) mask.set(bytes);
+  else for (let y = 0; y < height; y++) mask.set(bytes.subarray(y * pitch, y * pitch + width), y * width);
+  const rowAny = new Uint8Array(buffer, offsets.rowAny, height);
+  const colAny = new Uint8Array(buffer, offsets.colAny, width);
+  const y0 = rowAny.indexOf(1);
+  if (y0 < 0) return { mask, bbox: [width, height, 0, 0] };
+  const bbox = [colAny.indexOf(1), y0, colAny.lastIndexOf(1) + 1, rowAny.lastIndexOf(1) + 1];
   return { mask, bbox };
 }
 
@@ -244,6 +193,7 @@ export class PageDecoder {
   static async load(graphs, headers, threads, low) {
     if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
     const ort = await import("./vendor/ort.wasm.min.mjs");
+    await loadScaleKernel();
     ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
     ort.env.wasm.numThreads = threads;
     ort.env.wasm.simd = true;
@@ -255,7 +205,7 @@ export class PageDecoder {
     };
     // sequentially: onnxruntime-web initialises its WebAssembly module on the first session
     const sessions = {};
-    for (const name of ["image", "refine", "prompt"]) sessions[name] = await session(graphs[name]);
+    for (const name of ["image", "refine", "prompt", "rest"]) sessions[name] = await session(graphs[name]);
     const decoder = new PageDecoder(ort, sessions, threads);
     await decoder.warmUp(low);
     return decoder;
@@ -266,9 +216,11 @@ export class PageDecoder {
   async warmUp(low) {
     const grid = low / 4;
     const zeros = { data: new Float32Array(256 * grid * grid), shape: [1, 256, grid, grid] };
-    await this.setImage(zeros, [1024, 1024], [low, low], low);
+    // a photo a token row short of square: the rest graph has that row to compute
+    await this.setImage(zeros, [PROMPT_FRAME - 16, PROMPT_FRAME], [low - 4, low], low);
     await this.decode({ points: [[0, 0, 1]], box: null, maskInput: null }, 0, { preview: true }); // prompt graph
-    await this.decode({ points: [[0, 0, 1]], box: null, maskInput: new Float32Array(low * low) }); // refine graph
+    const click = await this.decode({ points: [[0, 0, 1]], box: null, maskInput: new Float32Array(low * low) });
+    await click.lowRes; // the refine graph, then the rest graph
     this.side = null;
   }
 
@@ -291,10 +243,12 @@ export class PageDecoder {
     this.side = await this.sessions.image.run({ image_embeddings: this.embedding });
   }
 
-  /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | null} in image
-   * pixels -> {mask (Uint8Array HxW), bbox, score, lowRes (Float32Array, this mask's low x low logits, for the
-   * next prompt; null for a preview)}. ``preview`` (a hover): logits only where the photo reads them, not the
-   * whole grid a later mask prompt needs. The image side prepared in setImage serves every prompt. */
+  /** prompt: {points: [[x, y, label]], box: [x0, y0, x1, y1] | null, maskInput: Float32Array | Promise of one |
+   * null} in image pixels -> {mask (Uint8Array HxW), bbox, score, lowRes, timing}. The mask needs the low-res
+   * logits only where the photo reads them (``extent``), so that is all the prompt graph computes. ``lowRes``:
+   * for a click, a Promise of this mask's whole low x low logits (the next click's mask prompt), whose other
+   * tokens the rest graph computes once the caller has the mask (after a macrotask: the page paints first);
+   * null for a ``preview`` (a hover). The image side prepared in setImage serves every prompt. */
   async decode(prompt, threshold = 0, { preview = false } = {}) {
     const [h, w] = this.originalSize;
     const sy = this.inputSize[0] / h;
@@ -315,24 +269,65 @@ export class PageDecoder {
     }
     const n = labels.length;
     const low = this.low;
-    const [rows, cols] = preview ? this.extent : [low / 4, low / 4];
+    const [rows, cols] = this.extent;
+    const maskInput = await prompt.maskInput; // a click's lowRes may still be on its way
     const feeds = {
       point_coords: new this.ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
       point_labels: new this.ort.Tensor("float32", Float32Array.from(labels), [1, n]),
       extent: new this.ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]),
       multimask: new this.ort.Tensor("float32", Float32Array.of(usesMultimask(prompt) ? 1 : 0), [1]),
     };
-    if (prompt.maskInput) feeds.mask_input = new this.ort.Tensor("float32", prompt.maskInput, [1, 1, low, low]);
+    if (maskInput) feeds.mask_input = new this.ort.Tensor("float32", maskInput, [1, 1, low, low]);
     const t0 = performance.now();
     // a mask prompt (the previous low-res logits, the whole grid): the refine graph, which masks the image side
-    const out = await this.sessions[prompt.maskInput ? "refine" : "prompt"].run({ ...this.side, ...feeds });
+    const fetches = preview ? MASK_OUTPUTS : [...MASK_OUTPUTS, ...REST_INPUTS];
+    const out = await this.sessions[maskInput ? "refine" : "prompt"].run({ ...this.side, ...feeds });
     const t1 = performance.now();
     const best = Number(out.mask_token.data[0]); // the graph's choice (see usesMultimask)
     const logits = out.low_res_masks.data;
     const lowCols = out.low_res_masks.dims[3];
     const { mask, bbox } = upscaleMask(logits, low, this.rows, this.cols, h, w, threshold, lowCols);
     const t2 = performance.now();
-    const lowRes = preview ? null : logits;
-    return { mask, bbox, score: out.iou_predictions.data[best], lowRes, timing: { decoder: t1 - t0, upscale: t2 - t1 } };
+    const timing = { decoder: t1 - t0, upscale: t2 - t1 };
+    const lowRes = preview ? null : this.wholeGrid(out, logits, timing);
+    return { mask, bbox, score: out.iou_predictions.data[best], lowRes, timing };
   }
+
+  /** The whole low x low logits of a click's mask: its decoded top-left ``extent`` (``visible``, rows of 4 x
+   * extent columns) and, from the rest graph, every other token's 4x4 block; ``timing.rest`` its milliseconds. */
+  async wholeGrid(out, visible, timing) {
+    await new Promise((resolve) => setTimeout(resolve, 0)); // let the caller show the mask first
+    const t0 = performance.now();
+    const low = this.low;
+    const grid = low / 4;
+    const [rows, cols] = this.extent;
+    const whole = new Float32Array(low * low);
+    for (let y = 0; y < 4 * rows; y++) whole.set(visible.subarray(y * 4 * cols, (y + 1) * 4 * cols), y * low);
+    const indices = restTokens(grid, rows, cols);
+    if (indices.length) {
+      const feeds = Object.fromEntries(REST_INPUTS.map((name) => [name, out[name]]));
+      feeds.token_indices = new this.ort.Tensor("int64", indices, [indices.length]);
+      const rest = (await this.sessions.rest.run(feeds)).rest_masks.data; // 4 rows of 4 x M logits
+      const m = indices.length;
+      for (let k = 0; k < m; k++) {
+        const token = Number(indices[k]);
+        const corner = 4 * Math.floor(token / grid) * low + 4 * (token % grid);
+        for (let dy = 0; dy < 4; dy++) {
+          for (let dx = 0; dx < 4; dx++) whole[corner + dy * low + dx] = rest[dy * 4 * m + 4 * k + dx];
+        }
+      }
+    }
+    timing.rest = performance.now() - t0;
+    return whole;
+  }
+}
+
+const MASK_OUTPUTS = ["low_res_masks", "iou_predictions", "mask_token"];
+const REST_INPUTS = ["image_tokens", "tokens", "mask_token"]; // the prompt graph's outputs the rest graph reads
+
+/** The image tokens outside the top-left rows x cols of a grid x grid grid, row-major (BigInt64Array). */
+function restTokens(grid, rows, cols) {
+  const indices = [];
+  for (let t = 0; t < grid * grid; t++) if (Math.floor(t / grid) >= rows || t % grid >= cols) indices.push(BigInt(t));
+  return BigInt64Array.from(indices);
 }
