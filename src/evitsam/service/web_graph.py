@@ -240,7 +240,7 @@ def _paths(folder: Path) -> dict[str, Path]:
 
 
 def export_web_graphs(model: EfficientViTSam, folder: Path) -> dict[str, Path]:
-    """Write the image-side, refine and prompt graphs for ``model`` into ``folder``."""
+    """Write the browser's graphs for ``model`` (``WEB_GRAPHS``: image side, refine, prompt, rest) into ``folder``."""
     model = _cpu_model(model)
     layout = _layout(model)
     names = tuple(image_output_names(model))
@@ -256,14 +256,13 @@ def export_web_graphs(model: EfficientViTSam, folder: Path) -> dict[str, Path]:
     prompt_names = ("point_coords", "point_labels", "extent", "multimask")
     outputs = ("low_res_masks", "iou_predictions", "mask_token", "tokens", "image_tokens")
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "tokens": {1: "num_tokens"}}
-    graph = WebPromptGraph(model, layout)
+    prompt_graph = WebPromptGraph(model, layout)
     rewrite = spell_out_layer_norms
-    _export(graph, (*side, *prompt), paths["prompt"], (*names, *prompt_names), outputs, dynamic, rewrite)
-    graph = WebRefineGraph(model, layout)
+    _export(prompt_graph, (*side, *prompt), paths["prompt"], (*names, *prompt_names), outputs, dynamic, rewrite)
     inputs = (*names, "mask_input", *prompt_names)
-    _export(graph, (*side, mask, *prompt), paths["refine"], inputs, outputs, dynamic, rewrite)
-    with torch.no_grad():
-        _, _, token, tokens, image_tokens = WebPromptGraph(model, layout).eval()(*side, *prompt)
+    _export(WebRefineGraph(model, layout), (*side, mask, *prompt), paths["refine"], inputs, outputs, dynamic, rewrite)
+    with torch.no_grad():  # the rest graph's example inputs: the prompt graph's outputs
+        _, _, token, tokens, image_tokens = prompt_graph.eval()(*side, *prompt)
     rest = (image_tokens, tokens, token, torch.arange(grid * (grid - 2), grid * grid))
     inputs = ("image_tokens", "tokens", "mask_token", "token_indices")
     dynamic = {"tokens": {1: "num_tokens"}, "token_indices": {0: "num_rest"}}
@@ -272,8 +271,7 @@ def export_web_graphs(model: EfficientViTSam, folder: Path) -> dict[str, Path]:
 
 
 def web_decoder(model: EfficientViTSam, folder: Path | None = None) -> dict[str, Path]:
-    """The browser's graphs for these weights (``image``, ``refine``, ``prompt``), exported on first use
-    (thread-safe)."""
+    """The browser's graphs for these weights (``WEB_GRAPHS``), exported on first use (thread-safe)."""
     folder = folder or engine_dir(model)
     paths = _paths(folder)
     with _lock:

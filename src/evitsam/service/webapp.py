@@ -115,7 +115,8 @@ def mount_web(app: FastAPI, service: Service) -> None:
             "model": service.info(),
             "low_res_size": model.low_res_size,
             "mask_threshold": float(model.mask_threshold),
-            # the browser's graphs: the image side (once per image), then each prompt (refine: with a mask prompt)
+            # the browser's graphs: the image side (once per image), then each prompt (refine: with a mask prompt;
+            # rest: the rest of a click's low-res grid)
             "graphs": {name: f"/v1/web/{name}.onnx" for name in WEB_GRAPHS},
             "folder": None if store is None else {"name": config.images.name, "db": str(store.path)},
         }

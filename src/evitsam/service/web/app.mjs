@@ -132,7 +132,7 @@ function decodeCurrent(extraPoint = null) {
     if ((!points.length && !box) || !image.readyMs) return null; // nothing to decode, or the image is still loading
     const start = performance.now();
     const prompt = { points, box, maskInput: previous ? previous.lowRes : null };
-    // a hover's mask is a preview: never fed back as a mask prompt, so only the part the photo shows is decoded
+    // a hover's mask is a preview: never fed back as a mask prompt, so the rest of its low-res grid is not computed
     const result = state.decoder ? await state.decoder.decode(prompt, state.config.mask_threshold, { preview: Boolean(extraPoint) })
       : await serverDecode(points, box, previous);
     result.ms = performance.now() - start;

@@ -281,7 +281,7 @@ export class PageDecoder {
     const t0 = performance.now();
     // a mask prompt (the previous low-res logits, the whole grid): the refine graph, which masks the image side
     const fetches = preview ? MASK_OUTPUTS : [...MASK_OUTPUTS, ...REST_INPUTS];
-    const out = await this.sessions[maskInput ? "refine" : "prompt"].run({ ...this.side, ...feeds });
+    const out = await this.sessions[maskInput ? "refine" : "prompt"].run({ ...this.side, ...feeds }, fetches);
     const t1 = performance.now();
     const best = Number(out.mask_token.data[0]); // the graph's choice (see usesMultimask)
     const logits = out.low_res_masks.data;
@@ -289,18 +289,19 @@ export class PageDecoder {
     const { mask, bbox } = upscaleMask(logits, low, this.rows, this.cols, h, w, threshold, lowCols);
     const t2 = performance.now();
     const timing = { decoder: t1 - t0, upscale: t2 - t1 };
-    const lowRes = preview ? null : this.wholeGrid(out, logits, timing);
+    const lowRes = preview ? null : this.wholeGrid(out, timing);
     return { mask, bbox, score: out.iou_predictions.data[best], lowRes, timing };
   }
 
-  /** The whole low x low logits of a click's mask: its decoded top-left ``extent`` (``visible``, rows of 4 x
-   * extent columns) and, from the rest graph, every other token's 4x4 block; ``timing.rest`` its milliseconds. */
-  async wholeGrid(out, visible, timing) {
+  /** The whole low x low logits of a click's mask: the prompt graph's top-left part (``out.low_res_masks``) and,
+   * from the rest graph, every other token's 4x4 block; ``timing.rest`` its milliseconds. */
+  async wholeGrid(out, timing) {
     await new Promise((resolve) => setTimeout(resolve, 0)); // let the caller show the mask first
     const t0 = performance.now();
     const low = this.low;
     const grid = low / 4;
-    const [rows, cols] = this.extent;
+    const visible = out.low_res_masks.data;
+    const [rows, cols] = out.low_res_masks.dims.slice(2).map((size) => size / 4); // the part's tokens
     const whole = new Float32Array(low * low);
     for (let y = 0; y < 4 * rows; y++) whole.set(visible.subarray(y * 4 * cols, (y + 1) * 4 * cols), y * low);
     const indices = restTokens(grid, rows, cols);
